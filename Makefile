@@ -1,0 +1,36 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) the virtual environment .venv and install the project into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export DS_ACCELERATOR ?= cpu
+export HF_HUB_OFFLINE ?= 1
+export PYTHONWARNINGS ?= ignore::FutureWarning
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: with it already at 2.13.0, no dependency can pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The embedded default: a tiny Qwen2 model built locally, Countdown, 2 ranks on CPU.
+demo: $(STAMP)
+	$(PY) launch/build_tiny.py --out .cache/tiny
+	$(VENV)/bin/torchrun --nproc_per_node 2 launch/run.py recipes/countdown_tiny.yaml log.dir=runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .cache runs

@@ -1,0 +1,11 @@
+"""Pure tensor functions of the RL algorithms, each family behind a small name -> function registry.
+
+Nothing here knows about DeepSpeed, ranks or engines: inputs are tensors and plain numbers, and
+each function returns its value (plus metrics where useful). The trainer picks functions by the
+names in the recipe (`algo.advantage`, `algo.policy_loss`, `algo.kl_estimator`, `algo.loss_agg`).
+"""
+from grpo.algorithms.advantages import ADVANTAGES
+from grpo.algorithms.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+from grpo.algorithms.logprobs import token_logprobs_and_entropy
+
+__all__ = ["ADVANTAGES", "POLICY_LOSSES", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "token_logprobs_and_entropy"]

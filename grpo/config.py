@@ -1,0 +1,347 @@
+"""The one typed configuration tree of a run, its YAML loader, dotted overrides and derived numbers.
+
+A recipe YAML mirrors the dataclasses below and only states what differs from the defaults, which
+are a sensible R1-Zero setting (GRPO, n=8, lr 1e-6, k3 KL 0.001, ZeRO-3, bf16). Overrides use
+`section.key=value` with YAML-parsed values. Unknown keys and wrong types raise `ConfigError`
+(a `UserError`: exit code 2) naming the key, the file and the nearest valid key.
+
+`finalize(world_size)` computes the per-rank numbers once and checks that they divide evenly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from grpo.errors import UserError
+
+
+class ConfigError(UserError):
+    """A recipe or override the config tree cannot accept."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "Qwen/Qwen2.5-7B"
+    """Hugging Face hub id or local folder of the base model (weights + tokenizer)."""
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Training and rollout precision; bfloat16 trains with fp32 master weights in the optimizer."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)
+    """Prompt files (parquet/jsonl/json/csv) with TinyZero/verl columns: prompt, data_source, reward_model.ground_truth."""
+    template: str = "qwen_r1"
+    """Prompt template: qwen_r1, base_r1, raw (prompt used as is), chat (tokenizer's chat template)."""
+    templates_file: str = ""
+    """Optional JSON file of extra templates, name -> text with a {question} placeholder."""
+    max_prompt_length: int = 512
+    """Prompts longer than this many tokens are dropped when the data is loaded (the count is printed)."""
+    shuffle: bool = True
+    """Reshuffle the prompts every epoch (seeded with train.seed + epoch)."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf"] = "hf"
+    """Generation engine: hf (transformers forward with our own batched sampler, holding its own weights)."""
+    n: int = 8
+    """Completions sampled per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Sampling temperature; the trainer computes logprobs at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold; 1.0 is off."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 is off."""
+    max_new_tokens: int = 1024
+    """Maximum response length in tokens; longer responses are cut and counted as clipped."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a completion (besides EOS), e.g. ["</answer>"]; the stop string is kept."""
+    batch_size: int = 256
+    """Most sequences one generate call decodes at once (bounds the KV cache memory)."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Number of RL steps (one rollout + one optimizer step each)."""
+    prompts_per_step: int = 64
+    """Prompts per step over all ranks; each yields rollout.n completions."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one rank; gradients accumulate over the rest of the step."""
+    lr: float = 1.0e-6
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr over this many steps, constant afterwards."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage 0-3 for the policy and the reference model."""
+    seed: int = 42
+    """Seed of data order, sampling and initialisation."""
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"
+    """Advantage estimator: grpo (group mean and std)."""
+    policy_loss: str = "ppo_clip"
+    """Policy loss: ppo_clip (token-level clipped ratio)."""
+    loss_agg: str = "token_mean"
+    """Loss aggregation: token_mean (mean over every response token of the optimizer step, all ranks)."""
+    clip_low: float = 0.2
+    """Lower clip range: ratio is clipped at 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip range: ratio is clipped at 1 + clip_high (DAPO clip-higher uses 0.28)."""
+    kl_coef: float = 0.001
+    """Weight of the KL penalty to the frozen reference model in the loss; 0 loads no reference."""
+    kl_estimator: str = "k3"
+    """KL estimator per token: k1, k2 or k3 (Schulman's unbiased, non-negative estimator)."""
+    adv_eps: float = 1.0e-6
+    """Added to the group std before dividing, so a group with equal rewards gives zero advantage."""
+
+
+@dataclass
+class RewardConfig:
+    functions: list[str] = field(default_factory=list)
+    """User reward functions as package.module:function; empty routes by each row's data_source."""
+
+
+@dataclass
+class SyncConfig:
+    bucket_mb: int = 512
+    """Most megabytes of gathered parameters handed to the rollout engine per load (whole layers)."""
+
+
+@dataclass
+class LogConfig:
+    dir: str = "runs/default"
+    """Run directory: resolved config, metrics.jsonl, samples.jsonl, TensorBoard events, final model."""
+    samples_every: int = 10
+    """Write a few sample completions every this many steps (0: never)."""
+    num_samples: int = 2
+    """How many sample completions to write each time."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to the run directory."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+@dataclass
+class CheckpointConfig:
+    save_final: bool = True
+    """At the end of the run, write the trained policy as a Hugging Face folder to LOG_DIR/final."""
+
+
+@dataclass
+class Derived:
+    """Numbers computed from the config and the world size by finalize(); not set by recipes."""
+
+    world_size: int = 1
+    prompts_per_rank: int = 0
+    samples_per_rank: int = 0
+    micro_batches_per_step: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    derived: Derived = field(default_factory=Derived)
+    source: str = "<defaults>"
+    """Where the config came from (recipe path), for error messages."""
+
+    def finalize(self, world_size: int) -> "Config":
+        """Compute per-rank numbers once and check that everything divides evenly."""
+        t, r = self.train, self.rollout
+        _require(world_size >= 1, "world_size", f"must be at least 1, got {world_size}", self.source)
+        for key, value in [("train.prompts_per_step", t.prompts_per_step), ("rollout.n", r.n),
+                           ("train.micro_batch_size", t.micro_batch_size), ("train.max_steps", t.max_steps),
+                           ("rollout.max_new_tokens", r.max_new_tokens), ("data.max_prompt_length", self.data.max_prompt_length),
+                           ("rollout.batch_size", r.batch_size), ("sync.bucket_mb", self.sync.bucket_mb)]:
+            _require(value >= 1, key, f"must be at least 1, got {value}", self.source)
+        _require(r.temperature > 0, "rollout.temperature", f"must be > 0, got {r.temperature}", self.source)
+        _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}", self.source)
+        _require(r.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 is off), got {r.top_k}", self.source)
+        _require(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}", self.source)
+        _require(len(t.betas) == 2, "train.betas", f"needs two numbers, got {t.betas}", self.source)
+        _require(self.algo.kl_coef >= 0, "algo.kl_coef", f"must be >= 0, got {self.algo.kl_coef}", self.source)
+        _require(self.algo.advantage != "grpo" or r.n >= 2, "rollout.n",
+                 f"GRPO normalises within a group of completions, so it needs n >= 2; got {r.n}", self.source)
+        _require(bool(self.data.train_files), "data.train_files",
+                 "is empty: give at least one prompt file, e.g. data.train_files=[path/to/train.parquet]", self.source)
+        _require(t.prompts_per_step % world_size == 0, "train.prompts_per_step",
+                 f"= {t.prompts_per_step} does not divide over {world_size} ranks; use a multiple of {world_size}",
+                 self.source)
+        prompts_per_rank = t.prompts_per_step // world_size
+        samples_per_rank = prompts_per_rank * r.n
+        _require(samples_per_rank % t.micro_batch_size == 0, "train.micro_batch_size",
+                 f"= {t.micro_batch_size} does not divide the {samples_per_rank} sequences per rank "
+                 f"(train.prompts_per_step {t.prompts_per_step} / {world_size} ranks x rollout.n {r.n}); "
+                 f"use a divisor of {samples_per_rank}", self.source)
+        self.derived = Derived(world_size=world_size, prompts_per_rank=prompts_per_rank,
+                               samples_per_rank=samples_per_rank,
+                               micro_batches_per_step=samples_per_rank // t.micro_batch_size)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the resolved config (derived numbers included) as YAML."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def _require(ok: bool, key: str, problem: str, source: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {problem} (in {source})")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from a recipe YAML (optional) and `section.key=value` overrides."""
+    cfg = Config()
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"recipe file {source} does not exist")
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source} must hold a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+        cfg.source = source
+        _merge(cfg, raw, prefix="", source=source)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=10")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(cfg, nested, prefix="", source=f"override {item!r}")
+    return cfg
+
+
+def _merge(node: Any, raw: dict, prefix: str, source: str) -> None:
+    valid = {f.name: f for f in dataclasses.fields(node) if f.name not in ("derived", "source")}
+    hints = typing.get_type_hints(type(node))
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in valid:
+            candidates = [f"{prefix}{name}" for name in valid]
+            close = difflib.get_close_matches(dotted, candidates + _all_keys(), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else f"; valid keys here: {', '.join(candidates)}"
+            raise ConfigError(f"unknown key {dotted} in {source}{hint}")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} in {source} is a section; give keys under it, e.g. {dotted}.{dataclasses.fields(current)[0].name}=...")
+            _merge(current, value, prefix=dotted + ".", source=source)
+        else:
+            setattr(node, key, _check_type(value, hints[key], dotted, source))
+
+
+def _all_keys() -> list[str]:
+    cfg = Config()
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, s.name))
+            for f in dataclasses.fields(getattr(cfg, s.name))]
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Return value converted to the field's type, or raise a ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    wrong = f"{key} in {source} expects {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key} in {source} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and item_hint is str:
+            value = [value]  # a single path or stop string given without brackets
+        if not isinstance(value, list):
+            raise ConfigError(wrong)
+        return [_check_type(v, item_hint, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(wrong)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(wrong)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(wrong)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(wrong)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(wrong)
+        return str(value)
+    raise ConfigError(wrong)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def field_docs() -> dict[str, str]:
+    """Map each `section.key` to its one-line doc (the string literal under the field)."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(__import__(__name__, fromlist=["_"])))
+    by_class = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    for section in dataclasses.fields(Config):
+        if section.name in ("derived", "source"):
+            continue
+        cls_node = by_class[type(getattr(Config(), section.name)).__name__]
+        body = cls_node.body
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[f"{section.name}.{stmt.target.id}"] = nxt.value.value
+    return docs

@@ -1,0 +1,214 @@
+"""Read prompt files into `PromptRecord`s and hand out deterministic, rank-sharded prompt batches.
+
+Rows follow the TinyZero/verl columns: `prompt` (a question string or a chat message list),
+`reward_model.ground_truth` (what the reward compares against) and `data_source` (which reward
+judges it). Files may be .parquet, .jsonl, .json (a list of objects) or .csv.
+
+`PromptSampler` gives every rank the same global order (seeded per epoch), so ranks need no
+communication to agree on which prompts a step uses, and its (epoch, offset) cursor is all a
+checkpoint needs to resume mid-epoch.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from grpo.errors import UserError
+from grpo.templates import render_prompt
+from grpo.types import PromptRecord
+
+SUPPORTED = (".parquet", ".jsonl", ".json", ".csv")
+EXPECTED_COLUMNS = (
+    "expected TinyZero/verl columns: 'prompt' (string or list of {role, content}), "
+    "'reward_model' ({'ground_truth': ..., 'style': 'rule'}), 'data_source' (e.g. 'countdown', 'gsm8k', 'math')"
+)
+
+
+def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
+    """CSV has no nesting: a column named 'reward_model.ground_truth' becomes row['reward_model']['ground_truth']."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # 'a' and 'a.b' both given: keep the columns flat
+                out[key] = value
+                break
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of one data file as dicts (values from parquet may still be numpy types)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED:
+        raise UserError(f"data file {path}: unsupported extension '{suffix}'; supported: {', '.join(SUPPORTED)}")
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist; check the path (relative paths are from the working directory)")
+    if suffix == ".parquet":
+        import pandas as pd  # deferred: importing pandas costs ~0.5 s
+
+        return pd.read_parquet(path).to_dict("records")
+    if suffix == ".csv":
+        import pandas as pd
+
+        # Read every cell as the string written, so an answer like "007" or "1/2" is not reinterpreted.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return [_unflatten(r) for r in frame.to_dict("records")]
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".jsonl":
+        rows = []
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"data file {path}, line {line_no} (1-based): invalid JSON ({e}); each line must be one JSON object")
+            if not isinstance(row, dict):
+                raise UserError(f"data file {path}, line {line_no} (1-based): a JSON {type(row).__name__}, expected an object")
+            rows.append(row)
+        return rows
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"data file {path}: invalid JSON ({e}); a .json data file must hold a list of objects")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"data file {path}: a .json data file must hold a list of objects (use .jsonl for one object per line)")
+    return rows
+
+
+def to_python(value: Any) -> Any:
+    """numpy scalars/arrays (from parquet) -> plain ints/floats/str/lists/dicts, recursively.
+
+    Rewards compare ground truth with ==, and logs dump it as JSON; numpy types break both.
+    """
+    if isinstance(value, dict):
+        return {str(k): to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_python(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy array or numpy scalar
+        return to_python(value.tolist())
+    return value
+
+
+def _field(row: dict[str, Any], name: str, path: Path, row_no: int) -> Any:
+    """row[name], where a dotted name walks into nested dicts; a UserError saying where when missing."""
+    node: Any = row
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node or node[part] is None:
+            raise UserError(
+                f"data file {path}, row {row_no} (0-based): missing field '{name}'. "
+                f"The row has fields {sorted(map(str, row))}"
+                + (f" and reward_model has {sorted(map(str, row['reward_model']))}" if isinstance(row.get("reward_model"), dict) else "")
+                + f"; {EXPECTED_COLUMNS}. Convert the file (e.g. launch/prepare_data.py) to these columns."
+            )
+        node = node[part]
+    return node
+
+
+def load_prompt_records(
+    files: list[str],
+    template: str,
+    tokenizer: Any,
+    max_prompt_length: int,
+    templates: dict[str, str] | None = None,
+) -> tuple[list[PromptRecord], int]:
+    """Template, tokenise and collect the prompts of `files` (in order); returns (records, number dropped).
+
+    Prompts longer than `max_prompt_length` tokens are dropped rather than truncated: a cut prompt
+    would lose the question or the answer format and only teach noise.
+    """
+    if isinstance(files, (str, Path)):
+        files = [files]
+    records: list[PromptRecord] = []
+    dropped = 0
+    total = 0
+    for file in files:
+        path = Path(file)
+        pending = []  # (text, ground_truth, data_source, index), tokenised per file in one batch call
+        for row_no, row in enumerate(read_rows(path)):
+            prompt = _field(row, "prompt", path, row_no)
+            ground_truth = _field(row, "reward_model.ground_truth", path, row_no)
+            data_source = _field(row, "data_source", path, row_no)
+            try:
+                text = render_prompt(template, prompt, tokenizer, templates)
+            except UserError as e:
+                raise UserError(f"data file {path}, row {row_no} (0-based), field 'prompt': {e}") from None
+            pending.append((text, to_python(ground_truth), str(data_source), total + row_no))
+        total += len(pending)
+        if not pending:
+            continue
+        ids_per_text = tokenizer([p[0] for p in pending], add_special_tokens=False)["input_ids"]
+        for (text, ground_truth, data_source, index), ids in zip(pending, ids_per_text):
+            if len(ids) > max_prompt_length:
+                dropped += 1
+                continue
+            records.append(PromptRecord(text, list(ids), ground_truth, data_source, index))
+    if not records:
+        raise UserError(
+            f"no prompts left from {[str(f) for f in files]}: {total} rows read, {dropped} longer than "
+            f"max_prompt_length={max_prompt_length} tokens were dropped; raise max_prompt_length or check the files"
+        )
+    return records, dropped
+
+
+class PromptSampler:
+    """Deterministic prompt batches: one global shuffled order per epoch, each rank takes its slice of a step."""
+
+    def __init__(
+        self, records: list[PromptRecord], prompts_per_step: int, rank: int, world_size: int, seed: int, shuffle: bool = True
+    ):
+        if not records:
+            raise UserError("PromptSampler got no prompt records; check the data files")
+        if prompts_per_step <= 0 or prompts_per_step % world_size != 0:
+            raise UserError(
+                f"prompts_per_step={prompts_per_step} must be a positive multiple of world_size={world_size} "
+                f"so every rank gets the same number of prompts; change prompts_per_step (e.g. to "
+                f"{max(1, round(prompts_per_step / world_size)) * world_size})"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.records = records
+        self.prompts_per_step = prompts_per_step
+        self.per_rank = prompts_per_step // world_size
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.offset = 0  # position in this epoch's order of the next prompt to hand out
+        self._order_epoch = -1
+        self._order: list[int] = []
+
+    def _epoch_order(self) -> list[int]:
+        # Seeded by (seed + epoch) alone, so every rank and every resumed run computes the same order.
+        if self._order_epoch != self.epoch:
+            order = list(range(len(self.records)))
+            if self.shuffle:
+                random.Random(self.seed + self.epoch).shuffle(order)
+            self._order, self._order_epoch = order, self.epoch
+        return self._order
+
+    def next_batch(self) -> list[PromptRecord]:
+        """This rank's prompts for the next step: slice [rank*per_rank, (rank+1)*per_rank) of the global batch."""
+        global_batch: list[int] = []
+        while len(global_batch) < self.prompts_per_step:
+            order = self._epoch_order()
+            take = order[self.offset : self.offset + self.prompts_per_step - len(global_batch)]
+            global_batch += take
+            self.offset += len(take)
+            if self.offset >= len(order):  # epoch exhausted: the rest comes from the next, reshuffled one
+                self.epoch, self.offset = self.epoch + 1, 0
+        mine = global_batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        return [self.records[i] for i in mine]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

@@ -1,0 +1,93 @@
+"""Device, communication backend and process-group set-up: the only file that names an accelerator.
+
+Everything goes through DeepSpeed's accelerator abstraction, so the same code runs on CUDA (nccl),
+Ascend NPU (hccl, after `import torch_npu`) and CPU (gloo). Under torchrun the launcher's
+environment is used; in a plain process (a script or a notebook) we set up a world of size 1.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _set_single_process_env() -> None:
+    """A plain `python` run has no launcher environment; DeepSpeed needs one, even for world size 1."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def accelerator():
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator()
+
+
+def init_distributed() -> DistInfo:
+    """Create the world process group (idempotent) and pick this rank's device."""
+    _set_single_process_env()
+    try:  # torch_npu registers the NPU backend; DeepSpeed auto-detects it only once imported
+        import torch_npu  # noqa: F401
+    except ImportError:
+        pass
+    import deepspeed
+    import torch.distributed as dist
+
+    acc = accelerator()
+    if acc.device_name() == "cpu":
+        # DeepSpeed otherwise JIT-compiles a shared-memory comm op (~40 s) that gloo training does not need.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if acc.device_name() != "cpu":
+        acc.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=acc.communication_backend_name(), auto_mpi_discovery=False)
+    device = torch.device(acc.current_device_name())
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def is_cpu() -> bool:
+    return accelerator().device_name() == "cpu"
+
+
+def empty_cache() -> None:
+    accelerator().empty_cache()
+
+
+def synchronize() -> None:
+    accelerator().synchronize()
+
+
+def max_memory_allocated_gb() -> float:
+    """Peak device memory of this rank in GiB (0 on CPU, where the allocator does not track it)."""
+    if is_cpu():
+        return 0.0
+    return accelerator().max_memory_allocated() / 2**30
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -1,0 +1,117 @@
+"""Per-step metrics: phase timers, the cross-rank reduction, and rank 0's writers.
+
+Rank 0 writes one JSON object per step to `metrics.jsonl`, the same scalars to TensorBoard, sample
+completions to `samples.jsonl` (and as TensorBoard text), and draws a console progress bar. Files
+are flushed every step, so a crash loses nothing already logged.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase of a step (generate, score, logprobs, train, sync)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def as_metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()}
+
+
+def reduce_across_ranks(sums: dict[str, float], maxes: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum the `sums` and take the max of `maxes` over all ranks (one collective each)."""
+    import torch.distributed as dist
+
+    out: dict[str, float] = {}
+    for values, op in ((sums, dist.ReduceOp.SUM), (maxes, dist.ReduceOp.MAX)):
+        if not values:
+            continue
+        keys = sorted(values)  # same order on every rank
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t, op=op)
+        out.update(zip(keys, t.tolist()))
+    return out
+
+
+class MetricsWriter:
+    """Rank 0's sinks; on other ranks every method is a no-op."""
+
+    def __init__(self, run_dir: str, rank: int, total_steps: int, tensorboard: bool, progress: bool):
+        self.enabled = rank == 0
+        self.run_dir = Path(run_dir)
+        self._tb = None
+        self._bar = None
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self._samples = open(self.run_dir / "samples.jsonl", "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, desc="grpo", unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}",
+                                  acc=f"{metrics.get('reward/accuracy', 0):.2f}",
+                                  len=f"{metrics.get('response/length_mean', 0):.0f}",
+                                  s=f"{metrics.get('time/step', 0):.1f}")
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        if not self.enabled or not samples:
+            return
+        for sample in samples:
+            self._samples.write(json.dumps({"step": step, **sample}) + "\n")
+        self._samples.flush()
+        if self._tb is not None:
+            text = "\n\n---\n\n".join(f"**reward {s['reward']:.2f}**\n\n```\n{s['prompt'][-300:]}{s['response']}\n```"
+                                      for s in samples)
+            self._tb.add_text("samples", text, step)
+
+    def message(self, text: str) -> None:
+        """Print on rank 0 without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._metrics.close()
+        self._samples.close()

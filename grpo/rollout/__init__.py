@@ -1,0 +1,38 @@
+"""Rollout engines: the RolloutEngine protocol and the engines that implement it, by name.
+
+An engine holds its own copy of the policy weights (as vLLM does), samples completions, and takes
+new weights from the weight-sync module; it never shares the training module.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+import torch
+
+from grpo.types import Completion, SamplingSettings
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> list[list[Completion]]:
+        """Sample `sampling.n` completions for each prompt; returns one list of n per prompt."""
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy full (unsharded) tensors with Hugging Face names into the engine's weights."""
+
+    def wake(self) -> None:
+        """Make weights and cache resident before generating (a no-op where nothing sleeps)."""
+
+    def sleep(self) -> None:
+        """Release memory the trainer needs while it trains (a no-op where nothing sleeps)."""
+
+
+# name -> "module:class", imported only when chosen so that vLLM is never imported unless used
+ENGINES = {"hf": "grpo.rollout.hf:HFRolloutEngine"}
+
+
+def build_rollout_engine(name: str, **kwargs) -> RolloutEngine:
+    """Build the engine called `name` (rollout.engine); kwargs go to the engine's constructor."""
+    import importlib
+
+    module_name, _, class_name = ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)(**kwargs)

@@ -1,0 +1,153 @@
+"""The training engine: the policy (and a frozen reference) under DeepSpeed ZeRO (stage 0-3).
+
+The policy is loaded with `HfDeepSpeedConfig` + `from_pretrained`, so under ZeRO-3 each rank only
+ever holds its shard; torch's AdamW is the client optimizer (no op compilation on any device).
+The engine knows nothing of RL: it turns micro-batches into token logprobs, takes backward on a
+loss the trainer computed, and steps. It also hands out parameters for the weight sync.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from grpo.config import Config
+from grpo.device import DistInfo
+from grpo.errors import UserError
+from grpo.types import MicroBatch
+from grpo.algorithms import token_logprobs_and_entropy
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def deepspeed_config(cfg: Config, stage: int, train: bool) -> dict:
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.derived.micro_batches_per_step if train else 1,
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return ds
+
+
+def load_pretrained(path: str, dtype: torch.dtype):
+    """from_pretrained with a clear error for a path that is neither a model folder nor a reachable hub id."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path: cannot load a model from {path!r}: {str(e).splitlines()[0]}\n"
+                        "Give a local folder with config.json and weights, or a Hugging Face hub id reachable from "
+                        "this machine (the tiny test model: python launch/build_tiny.py --out .cache/tiny).") from None
+
+
+class DeepSpeedTrainEngine:
+    def __init__(self, cfg: Config, dist: DistInfo):
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self.cfg, self.dist = cfg, dist
+        dtype = DTYPES[cfg.model.dtype]
+        stage = cfg.train.zero_stage
+        ds_train = deepspeed_config(cfg, stage, train=True)
+        # Keeping this object alive makes from_pretrained build the model under zero.Init (sharded).
+        self._hf_ds_config = HfDeepSpeedConfig(ds_train) if stage == 3 else None
+        model = load_pretrained(cfg.model.path, dtype)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                      weight_decay=cfg.train.weight_decay)
+        warmup = cfg.train.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_train)
+        self.ref_engine = None
+        if cfg.algo.kl_coef > 0:
+            # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
+            ref_stage = 3 if stage == 3 else 0
+            ref = load_pretrained(cfg.model.path, dtype)
+            ref.requires_grad_(False)
+            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(cfg, ref_stage, train=False))
+            self.ref_engine.eval()
+
+    # -- forward passes ----------------------------------------------------------------------
+    @staticmethod
+    def _logprobs(engine, mb: MicroBatch, temperature: float, with_entropy: bool):
+        logits_BLV = engine(input_ids=mb.input_ids_BL, attention_mask=mb.attention_mask_BL,
+                            position_ids=mb.position_ids_BL, use_cache=False).logits
+        P = mb.prompt_width
+        # the logits at column c predict the token at column c + 1
+        return token_logprobs_and_entropy(logits_BLV[:, P - 1:-1], mb.response_ids_BT, temperature, with_entropy)
+
+    def policy_logprobs(self, mb: MicroBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logprobs with autograd (for the loss) and entropies of the current policy."""
+        self.engine.train()
+        return self._logprobs(self.engine, mb, temperature, with_entropy=True)
+
+    @torch.no_grad()
+    def reference_logprobs(self, mb: MicroBatch, temperature: float) -> torch.Tensor:
+        logp_BT, _ = self._logprobs(self.ref_engine, mb, temperature, with_entropy=False)
+        return logp_BT
+
+    def release_gathered(self) -> None:
+        """A no-grad ZeRO-3 forward leaves parameters gathered; re-partition them before generating."""
+        for engine in (self.engine, self.ref_engine):
+            if engine is not None and self.cfg.train.zero_stage == 3:
+                engine.empty_partition_cache()
+
+    # -- optimisation ------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward on a loss that is already this micro-batch's share of the step's loss.
+
+        DeepSpeed divides by the accumulation steps and averages gradients over ranks; both are
+        undone here so the accumulated gradient is exactly d(step loss)/d(theta).
+        """
+        self.engine.backward(loss * self.dist.world_size, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm."""
+        # DeepSpeed steps only at an accumulation boundary, which it counts in micro-batches.
+        assert self.engine.is_gradient_accumulation_boundary(), "step() called before the last micro-batch"
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def micro_step(self) -> None:
+        """Advance DeepSpeed's micro-batch counter between accumulation micro-batches."""
+        self.engine.step()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # -- weights -----------------------------------------------------------------------------
+    def named_parameters_for_sync(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Every parameter with its Hugging Face name, tied names included, in module order."""
+        return list(self.engine.module.named_parameters(remove_duplicate=False))
+
+    def gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+        """Context in which the given (possibly ZeRO-3 sharded) parameters are whole on every rank."""
+        if self.cfg.train.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def save_hf(self, out_dir: str, tokenizer) -> None:
+        """Write the policy as a Hugging Face folder (safetensors) from rank 0; collective under ZeRO-3."""
+        if self.cfg.train.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        if self.dist.rank == 0:
+            self.engine.module.save_pretrained(out_dir, state_dict=state)
+            tokenizer.save_pretrained(out_dir)
+
+    def parameter_iter(self) -> Iterator[torch.nn.Parameter]:
+        return self.engine.module.parameters()

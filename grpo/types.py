@@ -1,0 +1,74 @@
+"""Plain dataclasses that cross stage boundaries (data -> rollout -> reward -> training).
+
+Shapes are in the names: `_B` is the batch of sequences, `_T` response tokens. Lists hold
+python ints/floats; tensors are only built inside the training engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PromptRecord:
+    """One training prompt, templated and tokenised, with what the reward needs to judge it."""
+
+    prompt_text: str  # the exact text given to the model (template applied)
+    prompt_ids: list[int]  # tokenised prompt_text
+    ground_truth: Any  # reward_model.ground_truth of the row (str, number, dict, ...)
+    data_source: str  # routes the reward: "countdown", "gsm8k", "math", ...
+    index: int  # row number in the concatenated source files (for logs and resume)
+
+
+@dataclass
+class SamplingSettings:
+    """How the rollout engine samples. top_k=0 and top_p=1.0 switch those filters off."""
+
+    n: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    token_ids: list[int]  # generated tokens, the EOS token included when sampling stopped on it
+    logprobs: list[float]  # sampler's log-probability of each token in token_ids (after temperature)
+    text: str  # decoded token_ids without special tokens
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
+
+
+@dataclass
+class RewardResult:
+    """A score and the parts it was made of, for logging (e.g. {"accuracy": 1.0, "format": 1.0})."""
+
+    score: float
+    components: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MicroBatch:
+    """Sequences laid out for one training forward: [left-padded prompt | right-padded response].
+
+    `L = P + T`: the first P columns are prompts (padded on the left), the last T are responses
+    (padded on the right). The logits that predict response token t sit at column P - 1 + t.
+    Tensors are torch tensors on the training device (typed Any to keep this module torch-free).
+    """
+
+    input_ids_BL: Any
+    attention_mask_BL: Any
+    position_ids_BL: Any
+    response_mask_BT: Any  # 1.0 on generated tokens, 0.0 on padding
+    prompt_width: int  # P
+    advantages_B: Any
+    sampler_logp_BT: Any  # the rollout engine's logprobs of the sampled tokens (0 on padding)
+    ref_logp_BT: Any = None  # frozen reference model's logprobs, filled when the KL coefficient is > 0
+
+    @property
+    def response_ids_BT(self):
+        return self.input_ids_BL[:, self.prompt_width:]

@@ -1,0 +1,39 @@
+"""Train from a recipe: `torchrun --nproc_per_node G launch/run.py recipes/X.yaml key.sub=value ...`.
+
+Also runs as a plain `python launch/run.py ...` (one process, world size 1). Mistakes in the recipe,
+the overrides, the model path or the data files print one clear message and exit with code 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+USAGE = "usage: launch/run.py RECIPE.yaml [section.key=value ...]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print("Every key, its default and its meaning: see the README's configuration table or grpo/config.py.")
+        return 0 if argv else 2
+    from grpo.config import load_config
+    from grpo.errors import UserError
+
+    try:
+        cfg = load_config(argv[0], argv[1:])
+        cfg.finalize(int(os.environ.get("WORLD_SIZE", "1")))  # config mistakes surface before any heavy import
+        from grpo.trainer import Trainer
+
+        Trainer(cfg).fit()
+    except UserError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,288 @@
+"""Unit tests for grpo.rewards: countdown scoring, the format check, routing and user functions.
+
+Countdown scores follow TinyZero: 1.0 correct, 0.1 tagged and well-formed but wrong, 0.0 no
+usable answer. Each expected value says which rule produces it.
+"""
+import textwrap
+
+import numpy as np
+import pytest
+
+from grpo.errors import UserError
+from grpo.rewards import (
+    RewardFunction,
+    check_format,
+    load_reward_function,
+    score,
+    score_countdown,
+    verify_countdown,
+)
+from grpo.rewards import countdown
+from grpo.types import RewardResult
+
+GT = {"numbers": [44, 19, 35], "target": 98}  # first row of the countdown train split
+
+
+def answer(eq: str) -> str:
+    return f"<think>try things</think> <answer>{eq}</answer>"
+
+
+# ---------------------------------------------------------------- countdown
+
+
+def test_correct_equation_scores_one():
+    # 44 + 19 + 35 = 98, every number used once
+    r = score_countdown(answer("44 + 19 + 35"), GT)
+    assert r.score == 1.0
+    assert r.components == {"accuracy": 1.0, "format": 1.0}
+    assert verify_countdown(answer("(44 + 35) + 19"), GT)
+
+
+@pytest.mark.parametrize(
+    "eq",
+    [
+        "44 + 44 + 10",  # = 98 but 44 reused and 19, 35 missing
+        "63 + 35",  # = 98 but 44, 19 not given as such (63 is not a given number)
+        "44 + 19 + 35 + 0",  # = 98 but uses an extra number
+    ],
+)
+def test_right_value_wrong_numbers_scores_format_only(eq):
+    r = score_countdown(answer(eq), GT)
+    assert r.score == pytest.approx(0.1)
+    assert r.components == {"accuracy": 0.0, "format": 1.0}
+    assert not verify_countdown(answer(eq), GT)
+
+
+def test_wrong_value_scores_format_only():
+    # 44 + 19 - 35 = 28 != 98
+    assert score_countdown(answer("44 + 19 - 35"), GT).score == pytest.approx(0.1)
+
+
+def test_no_answer_tag_scores_zero():
+    r = score_countdown("<think>44 + 19 + 35 = 98</think> 44 + 19 + 35", GT)
+    assert r.score == 0.0
+    assert r.components == {"accuracy": 0.0, "format": 0.0}
+    # an unclosed tag is not an answer either
+    assert score_countdown("<answer>44 + 19 + 35", GT).score == 0.0
+
+
+def test_division_by_zero_scores_format_only():
+    # well-formed, uses each number once, but 44 / (19 - 19) ... needs numbers [44, 19, 19, 35]
+    gt = {"numbers": [44, 19, 19, 35], "target": 98}
+    assert score_countdown(answer("44 / (19 - 19) + 35"), gt).score == pytest.approx(0.1)
+
+
+def test_disallowed_characters_score_zero_and_are_never_evaluated(monkeypatch):
+    # evaluating must never happen for code-like answers: make it explode if it does
+    def boom(node):
+        raise AssertionError("evaluated model text")
+
+    monkeypatch.setattr(countdown, "_evaluate", boom)
+    for eq in ["__import__('os').system('echo hi')", "abs(-98)", "44 + 19 + 35; 1", "98 if 1 else 0"]:
+        # letters, quotes, ';' fall outside TinyZero's [\d+\-*/().\s] -> no usable answer
+        assert score_countdown(answer(eq), GT).score == 0.0, eq
+
+
+def test_power_is_well_formed_but_not_evaluable():
+    # '*' is in TinyZero's character set, so "2**10" is well-formed text (0.1, not 0.0); but
+    # powers are not a countdown operation and are outside the whitelist, so it is never
+    # computed and cannot be correct even though 2**10 = 1024 uses exactly [2, 10].
+    assert score_countdown(answer("2**10"), {"numbers": [2, 10], "target": 1024}).score == pytest.approx(0.1)
+    # the same guard stops a huge power from being computed at all (this returns instantly)
+    assert score_countdown(answer("9**9**9**9"), {"numbers": [9, 9, 9, 9], "target": 1}).score == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("eq", ["44 // 19", "3.5 * 28", "(44)(19)", "44 +", "01 + 97"])
+def test_other_unevaluable_expressions_score_format_only(eq):
+    # floor division, float literals, implicit calls, syntax errors, leading zeros: all made of
+    # allowed characters (so 0.1), none evaluable
+    assert score_countdown(answer(eq), GT).score == pytest.approx(0.1)
+
+
+def test_last_answer_tag_wins():
+    wrong_then_right = "<answer>44 - 19 - 35</answer> wait, fix: <answer>44 + 19 + 35</answer>"
+    right_then_wrong = "<answer>44 + 19 + 35</answer> hmm: <answer>44 - 19 - 35</answer>"
+    assert score_countdown(wrong_then_right, GT).score == 1.0
+    assert score_countdown(right_then_wrong, GT).score == pytest.approx(0.1)
+
+
+def test_fraction_arithmetic_is_exact():
+    # 8 / (3 - 8/3) = 8 / (1/3) = 24 exactly; in floats 3 - 8/3 = 0.33333333333333348 and the
+    # result is 23.99999999999999, which the 1e-5 tolerance would also accept, but the
+    # Fraction route never depends on the tolerance
+    assert score_countdown(answer("8/(3-8/3)"), {"numbers": [3, 3, 8, 8], "target": 24}).score == 1.0
+    # 1/3 + 1/3 + 1/3 = 1 exactly (0.9999999999999999 in floats)
+    assert score_countdown(answer("1/3 + 1/3 + 1/3"), {"numbers": [1, 1, 1, 3, 3, 3], "target": 1}).score == 1.0
+
+
+def test_unary_minus_is_allowed():
+    # -19 + 44 + 35 = 60; '-' is in TinyZero's character set, so this is a legal equation
+    assert score_countdown(answer("-19 + 44 + 35"), {"numbers": [19, 44, 35], "target": 60}).score == 1.0
+
+
+def test_numpy_ground_truth():
+    # parquet rows arrive with numpy arrays and numpy ints
+    gt = {"numbers": np.array([44, 19, 35]), "target": np.int64(98)}
+    assert score_countdown(answer("44 + 19 + 35"), gt).score == 1.0
+    gt_tuple = {"numbers": (44, 19, 35), "target": 98}
+    assert score_countdown(answer("44 + 19 + 35"), gt_tuple).score == 1.0
+
+
+def test_bad_ground_truth_is_a_user_error():
+    with pytest.raises(UserError, match="numbers"):
+        score_countdown(answer("1"), {"target": 1})
+
+
+def test_overlong_or_too_many_numbers_score_zero():
+    # 201 characters > MAX_EQUATION_CHARS (200): rejected before parsing, scored as no answer
+    long_eq = "1+" * 100 + "1"
+    assert len(long_eq) == 201
+    assert score_countdown(answer(long_eq), {"numbers": [1] * 101, "target": 101}).score == 0.0
+    # 21 numbers > MAX_NUMBERS (20), even though short
+    many = "+".join(["1"] * 21)
+    assert score_countdown(answer(many), {"numbers": [1] * 21, "target": 21}).score == 0.0
+    # 20 numbers is still allowed: 1 * 20 = 20
+    ok = "+".join(["1"] * 20)
+    assert score_countdown(answer(ok), {"numbers": [1] * 20, "target": 20}).score == 1.0
+
+
+def test_deep_nesting_finishes():
+    # 99 nested parentheses fit in 200 characters; parsing either works or fails cleanly
+    eq = "(" * 99 + "1" + ")" * 99
+    assert score_countdown(answer(eq), {"numbers": [1], "target": 1}).score in (0.1, 1.0)
+
+
+# ---------------------------------------------------------------- format
+
+
+@pytest.mark.parametrize(
+    "response, prompt, expected",
+    [
+        ("<think>a</think><answer>1</answer>", "", 1.0),
+        ("  <think>\na\n</think>\n\n<answer> 1 </answer>\n", "", 1.0),  # whitespace is fine
+        ("<think>a</think><answer>1</answer> trailing", "", 0.0),  # text after </answer>
+        ("preamble <think>a</think><answer>1</answer>", "", 0.0),  # text before <think>
+        ("<answer>1</answer><think>a</think>", "", 0.0),  # wrong order
+        ("<think>a</think>", "", 0.0),  # no answer block
+        ("<answer>1</answer>", "", 0.0),  # no think block
+        ("<think>a</think><think>b</think><answer>1</answer>", "", 0.0),  # two think blocks
+        ("<think>a</think><answer>1</answer><answer>2</answer>", "", 0.0),  # two answer blocks
+        ("<think>a</think> between <answer>1</answer>", "", 0.0),  # text between blocks
+        # TinyZero "base" prompt ends in <think>: the response starts inside the think block
+        (" reasoning</think>\n<answer>1</answer>", "Assistant: Let me solve this step by step.\n<think>", 1.0),
+        (" reasoning</think>\n<answer>1</answer>", "...<think>\n  ", 1.0),  # trailing whitespace
+        # ...and then a response that opens its own <think> has two of them
+        ("<think>r</think><answer>1</answer>", "Assistant: <think>", 0.0),
+        # without that prompt, the missing opening tag fails
+        (" reasoning</think>\n<answer>1</answer>", "Assistant:", 0.0),
+    ],
+)
+def test_check_format(response, prompt, expected):
+    assert check_format(response, prompt) == expected
+
+
+# ---------------------------------------------------------------- routing
+
+
+def test_score_routes_countdown_and_keeps_its_format_component():
+    r = score("countdown", answer("44 + 19 + 35"), GT)
+    assert r.score == 1.0 and r.components == {"accuracy": 1.0, "format": 1.0}
+    # countdown's own "format" (a well-formed answer was found) is kept, not check_format's:
+    # here the think block is missing, so check_format would say 0.0
+    r = score("countdown", "<answer>44 + 19 + 35</answer>", GT)
+    assert r.components["format"] == 1.0
+
+
+def test_unknown_data_source_names_it_and_the_known_ones():
+    with pytest.raises(UserError) as err:
+        score("no_such_task", "x", None)
+    message = str(err.value)
+    assert "no_such_task" in message and "countdown" in message and "reward.functions" in message
+
+
+# ---------------------------------------------------------------- user functions
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module `my_rewards` on sys.path with a float scorer, a RewardResult scorer and a non-callable."""
+    (tmp_path / "my_rewards.py").write_text(
+        textwrap.dedent(
+            """
+            from grpo.types import RewardResult
+
+            NOT_A_FUNCTION = 3
+
+            def exact(data_source, response, ground_truth, prompt):
+                return 1.0 if response.strip().endswith(str(ground_truth)) else 0.0
+
+            def half(data_source, response, ground_truth, prompt):
+                return RewardResult(0.5, {"length": float(len(response))})
+
+            def bad_return(data_source, response, ground_truth, prompt):
+                return "yes"
+            """
+        )
+    )
+    (tmp_path / "broken_rewards.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_rewards"
+
+
+def test_load_reward_function(user_module):
+    fn = load_reward_function("my_rewards:exact")
+    assert fn("gsm8k", "so 42", 42, "") == 1.0
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("my_rewards.exact", "package.module:function"),  # no colon
+        ("my_rewards:", "package.module:function"),  # no function name
+        ("no_such_module_xyz:f", "No module named 'no_such_module_xyz'"),  # ImportError text included
+        ("broken_rewards:f", "no_such_dependency_xyz"),  # the module's own import fails
+        ("my_rewards:missing", "has no attribute 'missing'"),
+        ("my_rewards:NOT_A_FUNCTION", "not a callable"),
+    ],
+)
+def test_load_reward_function_errors(user_module, spec, fragment):
+    with pytest.raises(UserError, match=fragment) as err:
+        load_reward_function(spec)
+    assert spec in str(err.value)
+
+
+def test_reward_function_without_specs_uses_builtin_routing():
+    reward_fn = RewardFunction([])
+    assert reward_fn("countdown", answer("44 + 19 + 35"), GT, "").score == 1.0
+
+
+def test_reward_function_float_user_function(user_module):
+    reward_fn = RewardFunction(["my_rewards:exact"])
+    # score 1.0 >= 1.0 -> accuracy 1.0; format from check_format (think + answer present)
+    r = reward_fn("gsm8k", "<think>6*7</think><answer>42</answer>\n42", 42, "")
+    assert r.score == 1.0
+    assert r.components == {"accuracy": 1.0, "format": 0.0}  # text after </answer> -> format 0.0
+    r = reward_fn("gsm8k", "<think>6*7</think><answer>41</answer>", 42, "")
+    assert r.components == {"accuracy": 0.0, "format": 1.0}
+
+
+def test_reward_function_sums_scores_and_takes_first_components(user_module):
+    reward_fn = RewardFunction(["my_rewards:half", "my_rewards:exact"])
+    response = "<think>t</think><answer>42</answer>"
+    r = reward_fn("gsm8k", response, "42</answer>", "")
+    # half gives 0.5, exact gives 1.0 (the response ends with the ground truth) -> 1.5
+    assert r.score == pytest.approx(1.5)
+    # components are half's: its own "length", plus accuracy (0.5 < 1.0 -> 0.0) and format (1.0)
+    assert r.components == {"length": float(len(response)), "accuracy": 0.0, "format": 1.0}
+    assert isinstance(r, RewardResult)
+
+
+def test_reward_function_bad_return_type(user_module):
+    reward_fn = RewardFunction(["my_rewards:bad_return"])
+    with pytest.raises(UserError, match="must return a float"):
+        reward_fn("gsm8k", "x", 1, "")
+
+
+def test_reward_function_rejects_a_bare_string():
+    with pytest.raises(UserError, match="list"):
+        RewardFunction("my_rewards:exact")
