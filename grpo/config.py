@@ -256,9 +256,13 @@ def _merge(node: Any, raw: dict, prefix: str, source: str) -> None:
     hints = typing.get_type_hints(type(node))
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
+        if not prefix and key in ("derived", "source"):
+            raise ConfigError(f"{key} in {source} is not a recipe key: Config.save() writes it for the record and "
+                              f"load_config()/finalize() fill it in; delete the {key}: entry to reuse a saved config")
         if key not in valid:
             candidates = [f"{prefix}{name}" for name in valid]
-            close = difflib.get_close_matches(dotted, candidates + _all_keys(), n=1, cutoff=0.5)
+            close = difflib.get_close_matches(dotted, candidates + _all_keys() + list(_ALIASES), n=1, cutoff=0.5)
+            close = [_ALIASES.get(c, c) for c in close]
             hint = f"; did you mean {close[0]}?" if close else f"; valid keys here: {', '.join(candidates)}"
             raise ConfigError(f"unknown key {dotted} in {source}{hint}")
         current = getattr(node, key)
@@ -270,9 +274,15 @@ def _merge(node: Any, raw: dict, prefix: str, source: str) -> None:
             setattr(node, key, _check_type(value, hints[key], dotted, source))
 
 
+# Names other trainers use for our keys, so a typo of the long name still finds the short one
+# (difflib alone maps train.lerning_rate to train.zero_stage, not to train.lr).
+_ALIASES = {"train.learning_rate": "train.lr", "rollout.num_generations": "rollout.n", "rollout.group_size": "rollout.n"}
+
+
 def _all_keys() -> list[str]:
     cfg = Config()
-    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, s.name))
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
+            if s.name != "derived" and dataclasses.is_dataclass(getattr(cfg, s.name))
             for f in dataclasses.fields(getattr(cfg, s.name))]
 
 
@@ -308,6 +318,11 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(wrong)
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(wrong) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(wrong)
         return float(value)

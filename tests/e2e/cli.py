@@ -1,0 +1,40 @@
+"""Helpers for end-to-end tests: run the real CLI (torchrun or python) on the tiny model, on CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A user reward plugged in through `reward.functions`: a random tiny model never solves Countdown,
+# so every Countdown reward would be 0 and every advantage 0; the share of digits in a completion
+# varies from sample to sample, which gives the loop a real learning signal to follow.
+DIGIT_REWARD = '''
+def digit_share(data_source, response, ground_truth, prompt):
+    return sum(ch.isdigit() for ch in response) / max(len(response), 1)
+'''
+
+
+def cli_env(extra_pythonpath: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1",
+               PYTHONWARNINGS="ignore::FutureWarning", TOKENIZERS_PARALLELISM="false")
+    if extra_pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_pythonpath), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], torchrun: bool, timeout: int = 600) -> subprocess.CompletedProcess:
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    else:
+        cmd = [sys.executable, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_overrides(tiny_dir: Path, run_dir: Path) -> list[str]:
+    return [f"model.path={tiny_dir / 'model'}", f"data.train_files=[{tiny_dir / 'countdown_train.parquet'}]",
+            f"log.dir={run_dir}", "log.progress=false"]
+
+
