@@ -137,9 +137,11 @@ def sample_tokens(logits_BV: torch.Tensor, temperature: float, top_k: int, top_p
         filtered_BV = filtered_BV.masked_fill(filtered_BV < kth_B1, float("-inf"))
     if top_p < 1.0:
         sorted_BV, order_BV = torch.sort(filtered_BV, dim=-1, descending=True)
-        cumulative_BV = sorted_BV.exp().cumsum(-1)
+        # top-p sees what top-k left, renormalised (as vLLM and transformers do)
+        sorted_probs_BV = torch.softmax(sorted_BV, dim=-1)
+        cumulative_BV = sorted_probs_BV.cumsum(-1)
         # drop a token when the mass before it already reaches top_p (the most likely one always stays)
-        drop_sorted_BV = (cumulative_BV - sorted_BV.exp()) >= top_p
+        drop_sorted_BV = (cumulative_BV - sorted_probs_BV) >= top_p
         drop_BV = torch.zeros_like(drop_sorted_BV).scatter(-1, order_BV, drop_sorted_BV)
         filtered_BV = filtered_BV.masked_fill(drop_BV, float("-inf"))
     probs_BV = torch.softmax(filtered_BV, dim=-1)
