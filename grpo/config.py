@@ -235,6 +235,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         if not isinstance(raw, dict):
             raise ConfigError(f"{source} must hold a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
         cfg.source = source
+        # A run's saved config.yaml is a valid recipe: its record-only entries are recomputed, not read.
+        raw.pop("derived", None)
+        raw.pop("source", None)
         _merge(cfg, raw, prefix="", source=source)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -257,8 +260,8 @@ def _merge(node: Any, raw: dict, prefix: str, source: str) -> None:
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if not prefix and key in ("derived", "source"):
-            raise ConfigError(f"{key} in {source} is not a recipe key: Config.save() writes it for the record and "
-                              f"load_config()/finalize() fill it in; delete the {key}: entry to reuse a saved config")
+            raise ConfigError(f"{key} in {source} is not a recipe key: finalize() computes it from the config "
+                              "and the world size")
         if key not in valid:
             candidates = [f"{prefix}{name}" for name in valid]
             close = difflib.get_close_matches(dotted, candidates + _all_keys() + list(_ALIASES), n=1, cutoff=0.5)
