@@ -83,11 +83,16 @@ def test_plan_buckets_keeps_layers_whole(named_params, bucket_mb):
     buckets = plan_buckets(named_params, bucket_mb)
     keys = [list(dict.fromkeys(layer_key(n) for n, _ in bucket)) for bucket in buckets]
     assert keys == EXPECTED[bucket_mb]
-    # Each layer key lives in exactly one bucket (never split), and every name is sent exactly once,
-    # in the original (module) order, so every rank gathers the same parameters in the same order.
+    # Each layer key lives in exactly one bucket (never split), and every name is sent exactly once:
+    # the layers in module order, then the non-layer names (embedding, norm, head) in module order,
+    # so every rank gathers the same parameters in the same order.
     for key in ("model.layers.0", "model.layers.1", "other"):
         assert sum(key in k for k in keys) == 1
-    assert [n for bucket in buckets for n, _ in bucket] == [n for n, _ in named_params]
+    names = [n for n, _ in named_params]
+    layer_names = [n for n in names if layer_key(n) != "other"]
+    assert [n for bucket in buckets for n, _ in bucket] == layer_names + [
+        "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    assert len(layer_names) + 3 == len(names) == 27  # 13 per layer
     assert "lm_head.weight" in [n for n, _ in buckets[-1]]
     # A bucket exceeds the limit only when it holds a single unit larger than the limit.
     for bucket, bucket_keys in zip(buckets, keys):
