@@ -88,10 +88,10 @@ def test_run_directory_has_config_samples_and_tensorboard(torchrun_run):
     assert len(events.Scalars("time/generate")) == STEPS
 
 
-def test_single_process_stage0_bf16_without_reference(tiny_dir, reward_plugin_dir, tmp_path):
+def test_single_process_stage0_bf16_checkpointing_without_reference(tiny_dir, reward_plugin_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(["launch/run.py", RECIPE, *tiny_overrides(tiny_dir, run_dir), "train.max_steps=1",
-                      "train.zero_stage=0", "model.dtype=bfloat16", "algo.kl_coef=0",
+                      "train.zero_stage=0", "model.dtype=bfloat16", "algo.kl_coef=0", "model.gradient_checkpointing=true",
                       "reward.functions=[digit_reward:digit_share]", "checkpoint.save_final=false"],
                      cli_env(reward_plugin_dir), torchrun=False)
     assert result.returncode == 0, result.stderr[-6000:]
