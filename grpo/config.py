@@ -49,12 +49,14 @@ class DataConfig:
     """Prompts longer than this many tokens are dropped when the data is loaded (the count is printed)."""
     shuffle: bool = True
     """Reshuffle the prompts every epoch (seeded with train.seed + epoch)."""
+    skip_malformed: bool = False
+    """Skip rows missing a field or with an unrenderable prompt (counted in the log) instead of stopping with an error."""
 
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"
-    """Generation engine: hf (transformers forward with our own batched sampler, holding its own weights)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine: hf (transformers with our batched sampler) or vllm (colocated vLLM, needs the [cpu] or [vllm] extra)."""
     n: int = 8
     """Completions sampled per prompt (the GRPO group size)."""
     temperature: float = 1.0
@@ -68,7 +70,21 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)
     """Strings that end a completion (besides EOS), e.g. ["</answer>"]; the stop string is kept."""
     batch_size: int = 256
-    """Most sequences one generate call decodes at once (bounds the KV cache memory)."""
+    """hf engine: most sequences one generate call decodes at once (bounds the KV cache memory)."""
+    tensor_parallel_size: int = 1
+    """vllm engine: ranks per vLLM tensor-parallel group (contiguous ranks; they generate together)."""
+    gpu_memory_utilization: float = 0.5
+    """vllm engine: fraction of accelerator memory vLLM may take for weights and KV cache (ignored on CPU)."""
+    kv_cache_mb: int = 0
+    """vllm engine: KV cache size in MiB, overriding gpu_memory_utilization; needed on CPU (0 there means 256)."""
+    max_num_batched_tokens: int = 0
+    """vllm engine: most tokens per scheduler step; 0 keeps vLLM's default."""
+    enforce_eager: bool = False
+    """vllm engine: no CUDA graphs or torch.compile (always eager on CPU, where compiling is slower)."""
+    load_format: Literal["auto", "dummy"] = "auto"
+    """vllm engine: "dummy" skips reading weights from disk; the first weight sync fills them."""
+    sleep: bool = True
+    """vllm engine: free weights and KV cache while training, on accelerators with vLLM sleep mode (not CPU)."""
 
 
 @dataclass
@@ -184,6 +200,10 @@ class Config:
         _require(r.temperature > 0, "rollout.temperature", f"must be > 0, got {r.temperature}", self.source)
         _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}", self.source)
         _require(r.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 is off), got {r.top_k}", self.source)
+        _require(r.tensor_parallel_size >= 1 and world_size % r.tensor_parallel_size == 0, "rollout.tensor_parallel_size",
+                 f"= {r.tensor_parallel_size} must divide the {world_size} ranks into whole groups", self.source)
+        _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
+                 f"must be in (0, 1], got {r.gpu_memory_utilization}", self.source)
         _require(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}", self.source)
         _require(len(t.betas) == 2, "train.betas", f"needs two numbers, got {t.betas}", self.source)
         _require(self.algo.kl_coef >= 0, "algo.kl_coef", f"must be >= 0, got {self.algo.kl_coef}", self.source)

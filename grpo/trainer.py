@@ -27,9 +27,6 @@ from grpo.templates import load_user_templates
 from grpo.types import Completion, MicroBatch, PromptRecord, SamplingSettings
 from grpo.weight_sync import generation_mode, push_weights, training_mode
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
 class Trainer:
     def __init__(self, cfg: Config):
         _check_choices(cfg)
@@ -51,12 +48,14 @@ class Trainer:
         self.reward_fn = RewardFunction(cfg.reward.functions)
         # The rollout engine is built first: it must load plain (unsharded) weights, before
         # the training engine's HfDeepSpeedConfig makes from_pretrained shard under ZeRO-3.
-        self.rollout = build_rollout_engine(cfg.rollout.engine, model_path=cfg.model.path,
-                                            dtype=DTYPES[cfg.model.dtype], device=self.dist.device,
-                                            tokenizer=self.tokenizer, batch_size=cfg.rollout.batch_size)
+        self.rollout = build_rollout_engine(cfg, self.tokenizer, self.dist)
         from grpo.train.deepspeed import DeepSpeedTrainEngine
 
         self.train = DeepSpeedTrainEngine(cfg, self.dist)
+        # From here on the rollout engine only ever holds weights that came from the trainer (and may
+        # have started from dummy weights): the first push makes the two identical before step 1.
+        self.rollout.wake_weights()
+        push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
         _seed_everything(cfg.train.seed + self.dist.rank)
         self.step = 0
 
@@ -101,7 +100,7 @@ class Trainer:
         with timer("train"):
             sums, maxes, grad_norm = self._optimize(micro_batches, step_tokens)
         with timer("sync"):
-            self.rollout.wake()
+            self.rollout.wake_weights()
             sync_metrics = push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
         timer.seconds["step"] = time.perf_counter() - start
         sums.update(_reward_sums(rewards_PG, components, groups))

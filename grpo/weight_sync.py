@@ -25,6 +25,7 @@ class SyncSource(Protocol):
 
 class SyncTarget(Protocol):
     def load_weights(self, named_tensors) -> None: ...
+    def wake_weights(self) -> None: ...
     def wake(self) -> None: ...
     def sleep(self) -> None: ...
 
@@ -79,7 +80,7 @@ def push_weights(source: SyncSource, target: SyncTarget, bucket_mb: float) -> di
 
 
 def generation_mode(source: SyncSource, target: SyncTarget) -> None:
-    """Before generating: free what the trainer's no-grad forwards left gathered, wake the engine."""
+    """Before generating: free what the trainer's no-grad forwards left gathered, wake the KV cache."""
     source.release_gathered()
     target.wake()
 

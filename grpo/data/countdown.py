@@ -46,6 +46,24 @@ def _random_expression(rng: random.Random, nums: list[int]) -> tuple[str, Fracti
     return items[0][0], items[0][1]
 
 
+def countdown_prompt(nums: list[int], target: int) -> str:
+    """TinyZero's whole base-model prompt for one task (the row's message content; train with template raw)."""
+    return PROMPT.replace("{nums}", str(list(nums))).replace("{target}", str(target))
+
+
+def countdown_row(nums: list[int], target: int, index: int, split: str, **extra_info: Any) -> dict[str, Any]:
+    """One row in TinyZero's format, with its top-level `target`/`nums` columns kept as TinyZero's data has them."""
+    return {
+        "data_source": "countdown",
+        "prompt": [{"role": "user", "content": countdown_prompt(nums, target)}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": {"numbers": list(nums), "target": target}},
+        "extra_info": {"split": split, "index": index, **extra_info},
+        "target": target,
+        "nums": list(nums),
+    }
+
+
 def make_countdown_rows(
     count: int, seed: int, num_numbers: tuple[int, ...] = (3, 4), max_number: int = 99, split: str = "train"
 ) -> list[dict[str, Any]]:
@@ -61,18 +79,7 @@ def make_countdown_rows(
             if built is not None and built[1].denominator == 1 and 1 <= built[1] <= MAX_TARGET:
                 break
         solution, value = built
-        target = int(value)
-        rows.append(
-            {
-                "data_source": "countdown",
-                "prompt": [{"role": "user", "content": PROMPT.replace("{nums}", str(nums)).replace("{target}", str(target))}],
-                "ability": "math",
-                "reward_model": {"style": "rule", "ground_truth": {"numbers": list(nums), "target": target}},
-                "extra_info": {"split": split, "index": i, "solution": solution},
-                "target": target,
-                "nums": list(nums),
-            }
-        )
+        rows.append(countdown_row(nums, int(value), i, split, solution=solution))
     return rows
 
 

@@ -5,13 +5,16 @@ Rows follow the TinyZero/verl columns: `prompt` (a question string or a chat mes
 judges it). Files may be .parquet, .jsonl, .json (a list of objects) or .csv.
 
 `PromptSampler` gives every rank the same global order (seeded per epoch), so ranks need no
-communication to agree on which prompts a step uses, and its (epoch, offset) cursor is all a
-checkpoint needs to resume mid-epoch.
+communication to agree on which prompts a step uses; each rank takes whole prompts, so the n
+completions of a prompt (its GRPO group) are all generated and scored on one rank. Its (epoch,
+offset) cursor is all a checkpoint needs to resume mid-epoch.
 """
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +100,21 @@ def to_python(value: Any) -> Any:
     return value
 
 
+class MalformedRow(Exception):
+    """A row that cannot become a prompt: `reason` is short (counted when skipping), `message` says more."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason, self.message = reason, message or reason
+
+
 def _field(row: dict[str, Any], name: str, path: Path, row_no: int) -> Any:
-    """row[name], where a dotted name walks into nested dicts; a UserError saying where when missing."""
+    """row[name], where a dotted name walks into nested dicts; MalformedRow saying where when missing."""
     node: Any = row
     for part in name.split("."):
         if not isinstance(node, dict) or part not in node or node[part] is None:
-            raise UserError(
+            raise MalformedRow(
+                f"missing field '{name}'",
                 f"data file {path}, row {row_no} (0-based): missing field '{name}'. "
                 f"The row has fields {sorted(map(str, row))}"
                 + (f" and reward_model has {sorted(map(str, row['reward_model']))}" if isinstance(row.get("reward_model"), dict) else "")
@@ -112,50 +124,103 @@ def _field(row: dict[str, Any], name: str, path: Path, row_no: int) -> Any:
     return node
 
 
+@dataclass
+class LoadReport:
+    """What `load_prompt_records` read and why rows were not kept; truthy when any row was dropped."""
+
+    rows: int = 0  # rows read from all files
+    too_long: int = 0  # prompts longer than max_prompt_length tokens
+    malformed: Counter = field(default_factory=Counter)  # reason -> rows skipped (only with skip_malformed)
+
+    @property
+    def dropped(self) -> int:
+        return self.too_long + sum(self.malformed.values())
+
+    def __bool__(self) -> bool:
+        return self.dropped > 0
+
+    def describe(self, max_prompt_length: int) -> str:
+        """One log line, e.g. 'dropped 3 of 100 rows: 2 longer than max_prompt_length=512 tokens, 1 malformed (...)'."""
+        parts = []
+        if self.too_long:
+            parts.append(f"{self.too_long} longer than max_prompt_length={max_prompt_length} tokens")
+        if self.malformed:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.malformed.most_common())
+            parts.append(f"{sum(self.malformed.values())} malformed ({reasons})")
+        kept = self.rows - self.dropped
+        return f"dropped {self.dropped} of {self.rows} rows: {'; '.join(parts) or 'none'}; {kept} remain"
+
+
 def load_prompt_records(
     files: list[str],
     template: str,
     tokenizer: Any,
     max_prompt_length: int,
     templates: dict[str, str] | None = None,
-) -> tuple[list[PromptRecord], int]:
-    """Template, tokenise and collect the prompts of `files` (in order); returns (records, number dropped).
+    skip_malformed: bool = False,
+) -> tuple[list[PromptRecord], LoadReport]:
+    """Template, tokenise and collect the prompts of `files` (in order); returns (records, report).
 
     Prompts longer than `max_prompt_length` tokens are dropped rather than truncated: a cut prompt
-    would lose the question or the answer format and only teach noise.
+    would lose the question or the answer format and only teach noise. A malformed row (a missing
+    field, a prompt the template cannot render) is an error naming the field, file and row, unless
+    `skip_malformed`, which skips it and counts it in the report by reason. Record indices count
+    every row read, skipped ones included, so an index always points at the same source row.
     """
     if isinstance(files, (str, Path)):
         files = [files]
     records: list[PromptRecord] = []
-    dropped = 0
-    total = 0
+    report = LoadReport()
     for file in files:
         path = Path(file)
         pending = []  # (text, ground_truth, data_source, index), tokenised per file in one batch call
-        for row_no, row in enumerate(read_rows(path)):
-            prompt = _field(row, "prompt", path, row_no)
-            ground_truth = _field(row, "reward_model.ground_truth", path, row_no)
-            data_source = _field(row, "data_source", path, row_no)
+        rows = read_rows(path)
+        for row_no, row in enumerate(rows):
             try:
-                text = render_prompt(template, prompt, tokenizer, templates)
-            except UserError as e:
-                raise UserError(f"data file {path}, row {row_no} (0-based), field 'prompt': {e}") from None
-            pending.append((text, to_python(ground_truth), str(data_source), total + row_no))
-        total += len(pending)
+                prompt = _field(row, "prompt", path, row_no)
+                ground_truth = _field(row, "reward_model.ground_truth", path, row_no)
+                data_source = _field(row, "data_source", path, row_no)
+                try:
+                    text = render_prompt(template, prompt, tokenizer, templates)
+                except UserError as e:
+                    raise MalformedRow("prompt the template cannot render",
+                                       f"data file {path}, row {row_no} (0-based), field 'prompt': {e}") from None
+            except MalformedRow as e:
+                if not skip_malformed:
+                    raise UserError(f"{e.message} (set data.skip_malformed=true to skip such rows)") from None
+                report.malformed[e.reason] += 1
+                continue
+            pending.append((text, to_python(ground_truth), str(data_source), report.rows + row_no))
+        report.rows += len(rows)
         if not pending:
             continue
         ids_per_text = tokenizer([p[0] for p in pending], add_special_tokens=False)["input_ids"]
         for (text, ground_truth, data_source, index), ids in zip(pending, ids_per_text):
             if len(ids) > max_prompt_length:
-                dropped += 1
+                report.too_long += 1
                 continue
             records.append(PromptRecord(text, list(ids), ground_truth, data_source, index))
     if not records:
-        raise UserError(
-            f"no prompts left from {[str(f) for f in files]}: {total} rows read, {dropped} longer than "
-            f"max_prompt_length={max_prompt_length} tokens were dropped; raise max_prompt_length or check the files"
-        )
-    return records, dropped
+        raise UserError(_nothing_left(files, report, max_prompt_length))
+    return records, report
+
+
+def _nothing_left(files: list, report: LoadReport, max_prompt_length: int) -> str:
+    """The error for an empty result: which filter removed everything, and what to change."""
+    where = f"no prompts left from {[str(f) for f in files]}: {report.rows} rows read"
+    if report.rows == 0:
+        return f"{where}; the files hold no rows"
+    malformed = sum(report.malformed.values())
+    if malformed == report.rows:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in report.malformed.most_common())
+        return f"{where}, every one malformed and skipped by data.skip_malformed ({reasons}); fix the files' columns ({EXPECTED_COLUMNS})"
+    length = f"longer than max_prompt_length={max_prompt_length} tokens"
+    fix = "raise data.max_prompt_length or check the files"
+    if not malformed:
+        return f"{where}, all {report.too_long} {length}: the length filter removed everything; {fix}"
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in report.malformed.most_common())
+    return (f"{where}: {malformed} malformed rows were skipped ({reasons}) and the length filter removed the "
+            f"other {report.too_long} ({length}); {fix}")
 
 
 class PromptSampler:
@@ -208,7 +273,23 @@ class PromptSampler:
         return [self.records[i] for i in mine]
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset}
+        """The cursor (epoch, offset) plus what the order depends on, so a resume can check it matches."""
+        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "num_records": len(self.records),
+                "shuffle": int(self.shuffle)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        """Continue exactly where `state_dict()` was taken; the world size may differ (one global order)."""
+        # A different seed, shuffle or record count gives a different order, so the cursor would point at
+        # other prompts: resuming must fail loudly rather than silently repeat or skip data.
+        # (States saved before these keys existed hold only epoch and offset.)
+        mine = {"seed": self.seed, "num_records": len(self.records), "shuffle": int(self.shuffle)}
+        for key, value in mine.items():
+            if key in state and int(state[key]) != value:
+                raise UserError(
+                    f"data cursor from the checkpoint has {key}={int(state[key])} but this run has {key}={value}; "
+                    "resume with the same data files, data.max_prompt_length, data.shuffle and train.seed"
+                )
+        epoch, offset = int(state["epoch"]), int(state["offset"])
+        if epoch < 0 or not 0 <= offset < len(self.records):
+            raise UserError(f"data cursor epoch={epoch}, offset={offset} is outside {len(self.records)} records")
+        self.epoch, self.offset = epoch, offset

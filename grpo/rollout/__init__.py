@@ -19,20 +19,23 @@ class RolloutEngine(Protocol):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy full (unsharded) tensors with Hugging Face names into the engine's weights."""
 
+    def wake_weights(self) -> None:
+        """Make the weights resident before a sync loads into them (a no-op where nothing sleeps)."""
+
     def wake(self) -> None:
-        """Make weights and cache resident before generating (a no-op where nothing sleeps)."""
+        """Make the KV cache resident before generating (a no-op where nothing sleeps)."""
 
     def sleep(self) -> None:
         """Release memory the trainer needs while it trains (a no-op where nothing sleeps)."""
 
 
 # name -> "module:class", imported only when chosen so that vLLM is never imported unless used
-ENGINES = {"hf": "grpo.rollout.hf:HFRolloutEngine"}
+ENGINES = {"hf": "grpo.rollout.hf:HFRolloutEngine", "vllm": "grpo.rollout.vllm:VLLMRolloutEngine"}
 
 
-def build_rollout_engine(name: str, **kwargs) -> RolloutEngine:
-    """Build the engine called `name` (rollout.engine); kwargs go to the engine's constructor."""
+def build_rollout_engine(cfg, tokenizer, dist) -> RolloutEngine:
+    """Build the engine named by cfg.rollout.engine from the run's Config, tokenizer and DistInfo."""
     import importlib
 
-    module_name, _, class_name = ENGINES[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)(**kwargs)
+    module_name, _, class_name = ENGINES[cfg.rollout.engine].partition(":")
+    return getattr(importlib.import_module(module_name), class_name).from_config(cfg, tokenizer, dist)

@@ -32,6 +32,11 @@ class HFRolloutEngine:
         # remove_duplicate=False keeps tied names (lm_head.weight) addressable, as a sync may send them
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
 
+    @classmethod
+    def from_config(cls, cfg, tokenizer, dist) -> "HFRolloutEngine":
+        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.model.dtype]
+        return cls(cfg.model.path, dtype, dist.device, tokenizer, cfg.rollout.batch_size)
+
     # -- weights -----------------------------------------------------------------------------
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -47,8 +52,11 @@ class HFRolloutEngine:
     def named_weights(self) -> dict[str, torch.Tensor]:
         return self._params
 
-    def wake(self) -> None:
+    def wake_weights(self) -> None:
         """The transformers engine keeps its weights resident; nothing to restore."""
+
+    def wake(self) -> None:
+        """The KV cache is built inside each generate call; nothing to restore."""
 
     def sleep(self) -> None:
         """Nothing to release: the KV cache lives only inside a generate call."""

@@ -1,7 +1,8 @@
 """Run under torchrun by test_weight_sync_parity.py: train two steps through the notebook API, then
 check that the rollout engine's weights equal the gathered ZeRO-3 weights, tensor by tensor.
 
-argv: MODEL_DIR TRAIN_PARQUET RUN_DIR. Prints one JSON line per rank and exits 1 on a mismatch.
+argv: MODEL_DIR TRAIN_PARQUET RUN_DIR. Each rank writes RUN_DIR/parity_rank{R}.json (stdout would
+interleave the ranks) and exits 1 on a mismatch.
 """
 import json
 import sys
@@ -26,6 +27,6 @@ for name, param in trainer.train.named_parameters_for_sync():
     if not torch.equal(trained, engine_weights[name]):
         mismatched.append(name)
     moved += not torch.equal(initial[name], engine_weights[name])
-print(json.dumps({"rank": trainer.dist.rank, "checked": len(engine_weights), "mismatched": mismatched,
-                  "moved": moved}), flush=True)
+with open(f"{run_dir}/parity_rank{trainer.dist.rank}.json", "w") as f:
+    json.dump({"rank": trainer.dist.rank, "checked": len(engine_weights), "mismatched": mismatched, "moved": moved}, f)
 sys.exit(1 if mismatched else 0)

@@ -71,8 +71,8 @@ def test_read_bad_jsonl_line(tmp_path):
 def test_load_records_renders_tokenises_and_indexes_across_files(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
     (tmp_path / "b.json").write_text(json.dumps(ROWS[:1]))
-    records, dropped = load_prompt_records([tmp_path / "a.jsonl", tmp_path / "b.json"], "raw", WordTokenizer(), 100)
-    assert dropped == 0
+    records, report = load_prompt_records([tmp_path / "a.jsonl", tmp_path / "b.json"], "raw", WordTokenizer(), 100)
+    assert (report.rows, report.dropped, bool(report)) == (4, 0, False)
     # 3 rows in a.jsonl then 1 in b.json: running indices 0, 1, 2, 3.
     assert [r.index for r in records] == [0, 1, 2, 3]
     assert records[0] == PromptRecord("one two", [3, 3], "2", "gsm8k", 0)  # word lengths of "one", "two"
@@ -101,10 +101,11 @@ def test_reward_model_without_ground_truth(tmp_path):
 def test_long_prompts_are_dropped(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
     # Word counts are 2, 5 and 1: a limit of 2 keeps rows 0 and 2 and drops the 5-word row 1.
-    records, dropped = load_prompt_records([tmp_path / "a.jsonl"], "raw", WordTokenizer(), 2)
-    assert dropped == 1 and [r.index for r in records] == [0, 2]
-    # A limit of 0 drops all 3, which is an error rather than an empty run.
-    with pytest.raises(UserError, match="3 rows read, 3 longer than max_prompt_length=0"):
+    records, report = load_prompt_records([tmp_path / "a.jsonl"], "raw", WordTokenizer(), 2)
+    assert report.too_long == report.dropped == 1 and [r.index for r in records] == [0, 2]
+    assert report.describe(2) == "dropped 1 of 3 rows: 1 longer than max_prompt_length=2 tokens; 2 remain"
+    # A limit of 0 drops all 3, which is an error naming the length filter rather than an empty run.
+    with pytest.raises(UserError, match="3 rows read, all 3 longer than max_prompt_length=0 tokens: the length filter"):
         load_prompt_records([tmp_path / "a.jsonl"], "raw", WordTokenizer(), 0)
 
 
@@ -130,9 +131,9 @@ def test_tinyzero_countdown_test_parquet(tiny_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir / "model")
-    records, dropped = load_prompt_records([str(SHARED_DATA / "countdown" / "test.parquet")], "raw", tok, 1024)
+    records, report = load_prompt_records([str(SHARED_DATA / "countdown" / "test.parquet")], "raw", tok, 1024)
     # SOURCE.md: test.parquet holds 1024 rows (HF rows 10000-11023), all countdown; row 0 is target 45 from [30, 71, 88, 2].
-    assert (len(records), dropped) == (1024, 0)
+    assert (len(records), report.dropped) == (1024, 0)
     assert {r.data_source for r in records} == {"countdown"}
     first = records[0]
     assert first.ground_truth == {"numbers": [30, 71, 88, 2], "target": 45}
@@ -201,7 +202,7 @@ def test_state_dict_round_trip_continues_identically():
         a.next_batch()
     state = a.state_dict()
     # 3 steps x 4 prompts = 12 = one epoch of 7 + 5 into the next.
-    assert state == {"epoch": 1, "offset": 5}
+    assert state == {"epoch": 1, "offset": 5, "seed": 5, "num_records": 7, "shuffle": 1}
     b = PromptSampler(records, 4, 1, 2, seed=5)
     b.load_state_dict(json.loads(json.dumps(state)))  # survives a JSON checkpoint
     assert [[r.index for r in a.next_batch()] for _ in range(4)] == [[r.index for r in b.next_batch()] for _ in range(4)]
@@ -272,5 +273,5 @@ def test_build_tiny_outputs_load(tiny_dir):
     assert len(pd.read_parquet(tiny_dir / "countdown_train.parquet")) == 2000
     test_rows = read_rows(tiny_dir / "countdown_test.parquet")
     assert len(test_rows) == 256 and test_rows[0]["extra_info"]["split"] == "test"
-    records, dropped = load_prompt_records([tiny_dir / "countdown_train.parquet"], "raw", tok, 512)
-    assert (len(records), dropped) == (2000, 0)
+    records, report = load_prompt_records([tiny_dir / "countdown_train.parquet"], "raw", tok, 512)
+    assert (len(records), report.dropped) == (2000, 0)
