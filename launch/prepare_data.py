@@ -68,11 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from grpo.data.countdown import write_parquet
+    from grpo.data import write_parquet
     from grpo.data.dataset_config import load_dataset_config
     from grpo.data.prepare import apply_overrides, prepare, prompt_lengths, summary_lines
     from grpo.errors import UserError
-    from grpo.templates import load_user_templates
+    from grpo.templates import CHAT, load_user_templates
 
     try:
         cfg = apply_overrides(load_dataset_config(args.config), source=args.source, rows=args.rows, split=args.split,
@@ -84,13 +84,16 @@ def main(argv: list[str]) -> int:
         out = Path(args.out or cfg.out or f"data/{cfg.name}")
         progress = not args.no_progress
         unit = f"tokens ({args.tokenizer})" if tokenizer else "characters (no --tokenizer given, so not tokens)"
+        measured = template
+        if template == CHAT and tokenizer is None:  # only the tokenizer can render chat: measure the bare question
+            measured, unit = "raw", "characters of the bare question (template chat needs --tokenizer to render)"
         print(f"{cfg.name}: {args.config}", flush=True)
         train_file = None
         for split in prepare(cfg, generate=args.generate, progress=progress):
-            lengths = prompt_lengths(split.rows, template, tokenizer, templates, progress)
+            lengths = prompt_lengths(split.rows, measured, tokenizer, templates, progress)
             path = write_parquet(split.rows, out / f"{split.split}.parquet")
             train_file = path if split.split == "train" else train_file
-            for line in summary_lines(split, lengths, unit, template, args.max_prompt_length):
+            for line in summary_lines(split, lengths, unit, measured, args.max_prompt_length):
                 print(line)
             print(f"  wrote {path}", flush=True)
         if train_file is not None:

@@ -126,6 +126,36 @@ def test_template_error_says_where(tmp_path):
         load_prompt_records([tmp_path / "a.json"], "raw", WordTokenizer(), 100)
 
 
+def test_skip_malformed_counts_by_reason_and_keeps_indices(tmp_path):
+    rows = [ROWS[0], {"prompt": "no source", "reward_model": {"ground_truth": "1"}},
+            {**ROWS[1], "prompt": [{"role": "system", "content": "no user turn"}]}, ROWS[2]]
+    (tmp_path / "m.json").write_text(json.dumps(rows))
+    with pytest.raises(UserError, match=r"row 1 \(0-based\): missing field 'data_source'.*data.skip_malformed=true"):
+        load_prompt_records([tmp_path / "m.json"], "raw", WordTokenizer(), 100)
+    records, report = load_prompt_records([tmp_path / "m.json"], "raw", WordTokenizer(), 100, skip_malformed=True)
+    # Rows 1 and 2 are skipped; 0 and 3 keep their row numbers as indices.
+    assert [r.index for r in records] == [0, 3]
+    assert report.malformed == {"missing field 'data_source'": 1, "prompt the template cannot render": 1}
+    assert report.describe(100) == ("dropped 2 of 4 rows: 2 malformed (missing field 'data_source': 1, "
+                                    "prompt the template cannot render: 1); 2 remain")
+
+
+def test_empty_result_names_the_filter(tmp_path):
+    bad = [{"prompt": "q", "reward_model": {"ground_truth": "1"}}] * 2
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"2 rows read, every one malformed and skipped by data.skip_malformed "
+                                        r"\(missing field 'data_source': 2\)"):
+        load_prompt_records([tmp_path / "bad.json"], "raw", WordTokenizer(), 100, skip_malformed=True)
+    # One malformed row plus two prompts of 2 and 5 words with a limit of 1: both filters, each named with its count.
+    (tmp_path / "mix.json").write_text(json.dumps(bad[:1] + ROWS[:2]))
+    with pytest.raises(UserError, match=r"3 rows read: 1 malformed rows were skipped .* the length filter removed the "
+                                        r"other 2 \(longer than max_prompt_length=1 tokens\)"):
+        load_prompt_records([tmp_path / "mix.json"], "raw", WordTokenizer(), 1, skip_malformed=True)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match="0 rows read; the files hold no rows"):
+        load_prompt_records([tmp_path / "empty.jsonl"], "raw", WordTokenizer(), 100)
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared data folder (../shared/data beside the repo) is absent")
 def test_tinyzero_countdown_test_parquet(tiny_dir):
     from transformers import AutoTokenizer
@@ -177,7 +207,7 @@ def test_epoch_wrap_reshuffles_and_covers_everything():
     a, b = [r.index for r in s.next_batch()], [r.index for r in s.next_batch()]
     # 5 records, 4 per step: step 1 = epoch-0 order[0:4]; step 2 = epoch-0 order[4] + epoch-1 order[0:3].
     assert sorted(a + b[:1]) == [0, 1, 2, 3, 4]
-    assert s.state_dict() == {"epoch": 1, "offset": 3}
+    assert (s.state_dict()["epoch"], s.state_dict()["offset"]) == (1, 3)
     assert len(set(b[1:])) == 3
     # Unshuffled, epochs are just 0..4 repeated.
     u = PromptSampler(records, 4, 0, 1, seed=1, shuffle=False)
@@ -206,6 +236,51 @@ def test_state_dict_round_trip_continues_identically():
     b = PromptSampler(records, 4, 1, 2, seed=5)
     b.load_state_dict(json.loads(json.dumps(state)))  # survives a JSON checkpoint
     assert [[r.index for r in a.next_batch()] for _ in range(4)] == [[r.index for r in b.next_batch()] for _ in range(4)]
+
+
+@pytest.mark.parametrize("k", range(9))
+def test_cursor_round_trip_equals_an_uninterrupted_pass(k, tmp_path):
+    """Stop after k steps, save the cursor as a checkpoint would (JSON), restore into fresh samplers: the
+    next steps are exactly those of a run that never stopped, on every rank and across epoch ends."""
+    # 11 prompts, 4 per step over 2 ranks: epochs end mid-step (after 11, 22, 33 prompts), so k = 0..8
+    # stops before, inside and after those ends.
+    write_parquet(make_countdown_rows(11, seed=2), tmp_path / "c.parquet")
+    records, _ = load_prompt_records([tmp_path / "c.parquet"], "raw", WordTokenizer(), 10_000)
+    steps = 9
+
+    def samplers():
+        return [PromptSampler(records, 4, rank, 2, seed=3) for rank in range(2)]
+
+    def take(ss, n):
+        return [[[r.index for r in s.next_batch()] for s in ss] for _ in range(n)]
+
+    uninterrupted = take(samplers(), steps)
+    first = samplers()
+    before = take(first, k)
+    saved = [json.dumps(s.state_dict()) for s in first]
+    resumed = samplers()
+    for s, state in zip(resumed, saved):
+        s.load_state_dict(json.loads(state))
+    assert before + take(resumed, steps - k) == uninterrupted
+    # The global order does not depend on the world size: one rank resuming the same cursor sees both halves.
+    single = PromptSampler(records, 4, 0, 1, seed=3)
+    single.load_state_dict(json.loads(saved[0]))
+    assert [[r.index for r in single.next_batch()] for _ in range(steps - k)] == [a + b for a, b in uninterrupted[k:]]
+
+
+def test_cursor_from_other_data_or_seed_is_refused():
+    a = PromptSampler(_records(7), 4, 0, 1, seed=5)
+    a.next_batch()
+    state = a.state_dict()
+    with pytest.raises(UserError, match="num_records=7 but this run has num_records=6"):
+        PromptSampler(_records(6), 4, 0, 1, seed=5).load_state_dict(state)
+    with pytest.raises(UserError, match="seed=5 but this run has seed=6"):
+        PromptSampler(_records(7), 4, 0, 1, seed=6).load_state_dict(state)
+    with pytest.raises(UserError, match="offset=9 is outside 7 records"):
+        PromptSampler(_records(7), 4, 0, 1, seed=5).load_state_dict({"epoch": 0, "offset": 9})
+    b = PromptSampler(_records(7), 4, 0, 1, seed=5)
+    b.load_state_dict({"epoch": 0, "offset": 4})  # a cursor saved before seed/num_records were recorded still loads
+    assert [r.index for r in b.next_batch()] == [r.index for r in a.next_batch()]
 
 
 def test_indivisible_prompts_per_step_is_user_error():

@@ -1,11 +1,11 @@
-"""Prompt templates: exact built-in texts, message-list handling, `chat`, errors and user templates."""
+"""Prompt templates: exact built-in texts, message-list handling, `chat`, stop strings, errors and user templates."""
 import json
 
 import numpy as np
 import pytest
 
 from grpo.errors import UserError
-from grpo.templates import TEMPLATES, load_user_templates, render_prompt
+from grpo.templates import TEMPLATES, load_user_templates, render_prompt, template_stop_strings
 
 QUESTION = "What is 2 + 3?"
 
@@ -103,3 +103,29 @@ def test_user_templates_bad_file(tmp_path, content, match):
         load_user_templates(path)
     with pytest.raises(UserError, match="does not exist"):
         load_user_templates(tmp_path / "missing.json")
+
+
+def test_stop_strings_of_built_in_templates():
+    # qwen_r1 turns end with <|im_end|> (not a base tokenizer's EOS); base_r1 answers end with </answer>.
+    assert template_stop_strings("qwen_r1") == ["<|im_end|>"]
+    assert template_stop_strings("base_r1") == ["</answer>"]
+    assert template_stop_strings("raw") == [] and template_stop_strings("chat") == []
+    template_stop_strings("base_r1").append("x")  # a copy: callers cannot change the table
+    assert template_stop_strings("base_r1") == ["</answer>"]
+    with pytest.raises(UserError, match="unknown prompt template 'qwen-r1'"):
+        template_stop_strings("qwen-r1")
+
+
+def test_user_template_with_stop_strings(tmp_path):
+    path = tmp_path / "templates.json"
+    path.write_text(json.dumps({"mine": {"template": "Q: {question}\nA:", "stop": ["\nQ:"]}, "qwen_r1": "{question}"}))
+    merged = load_user_templates(path)
+    assert render_prompt("mine", QUESTION, templates=merged) == "Q: What is 2 + 3?\nA:"
+    assert template_stop_strings("mine", path) == ["\nQ:"]
+    # A plain string entry replacing a built-in name has no stop strings: its text may end differently.
+    assert template_stop_strings("qwen_r1", path) == [] and template_stop_strings("base_r1", path) == ["</answer>"]
+    for entry, match in [({"text": "{question}"}, "needs \"template\""), ({"template": "{question}", "stop": "x"}, "list of non-empty strings"),
+                         ({"template": "no placeholder"}, "no \\{question\\} placeholder")]:
+        path.write_text(json.dumps({"bad": entry}))
+        with pytest.raises(UserError, match=match):
+            load_user_templates(path)
