@@ -98,7 +98,7 @@ class TrainConfig:
     lr: float = 1.0e-6
     """Peak learning rate of AdamW."""
     warmup_steps: int = 0
-    """Linear warmup from 0 to lr over this many steps, constant afterwards."""
+    """Linear warmup from 0 to lr over this many optimizer steps (algo.ppo_epochs x algo.mini_batches per RL step)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -114,21 +114,45 @@ class TrainConfig:
 @dataclass
 class AlgoConfig:
     advantage: str = "grpo"
-    """Advantage estimator: grpo (group mean and std)."""
+    """Advantage estimator: grpo (group mean/std), dr_grpo (group mean), rloo (leave-one-out), reinforce_pp, reinforce_pp_baseline."""
     policy_loss: str = "ppo_clip"
-    """Policy loss: ppo_clip (token-level clipped ratio)."""
+    """Policy loss: ppo_clip (token ratio) or gspo (sequence ratio; use clip ranges around 3e-4/4e-4)."""
     loss_agg: str = "token_mean"
-    """Loss aggregation: token_mean (mean over every response token of the optimizer step, all ranks)."""
+    """Loss aggregation over the optimizer step: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm (Dr. GRPO)."""
     clip_low: float = 0.2
     """Lower clip range: ratio is clipped at 1 - clip_low."""
     clip_high: float = 0.2
     """Upper clip range: ratio is clipped at 1 + clip_high (DAPO clip-higher uses 0.28)."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c > 1 caps the loss of negative-advantage tokens at -A*c; 0 is off (verl uses 3)."""
     kl_coef: float = 0.001
-    """Weight of the KL penalty to the frozen reference model in the loss; 0 loads no reference."""
+    """Weight of the KL penalty to the frozen reference model; 0 loads no reference."""
     kl_estimator: str = "k3"
     """KL estimator per token: k1, k2 or k3 (Schulman's unbiased, non-negative estimator)."""
+    kl_in: Literal["loss", "reward"] = "loss"
+    """Where the KL penalty goes: loss (GRPO) or reward (subtracted from each completion's reward, REINFORCE++)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: subtracts entropy_coef x mean token entropy from the loss."""
     adv_eps: float = 1.0e-6
-    """Added to the group std before dividing, so a group with equal rewards gives zero advantage."""
+    """Added to the std before dividing, so a group with equal rewards gives zero advantage."""
+    ppo_epochs: int = 1
+    """Passes over each rollout (mu); above 1 the trainer recomputes old logprobs before the first update."""
+    mini_batches: int = 1
+    """Optimizer steps per pass over a rollout; the step's samples are split into this many mini-batches."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and sample more prompts until the batch is full."""
+    dynamic_sampling_max_tries: int = 3
+    """Most generation rounds per step with dynamic sampling; then the batch is filled with dropped groups."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: reward falls linearly to -overlong_penalty over the last this many tokens; 0 is off."""
+    overlong_penalty: float = 1.0
+    """Largest overlong penalty, reached at rollout.max_new_tokens."""
+    mask_truncated: bool = False
+    """Leave completions cut at rollout.max_new_tokens out of the loss (DAPO's overlong filtering)."""
+    importance_cap: float = 0.0
+    """Truncated importance weights min(pi_trainer / pi_sampler, cap) on the policy loss; 0 is off (2 is common)."""
+    importance_level: Literal["token", "sequence"] = "token"
+    """Importance weights per token or per whole sequence."""
 
 
 @dataclass
@@ -170,7 +194,8 @@ class Derived:
     world_size: int = 1
     prompts_per_rank: int = 0
     samples_per_rank: int = 0
-    micro_batches_per_step: int = 0
+    micro_batches_per_update: int = 0  # gradient accumulation steps of one optimizer step
+    optimizer_steps_per_step: int = 0  # algo.ppo_epochs x algo.mini_batches
 
 
 @dataclass
@@ -216,13 +241,25 @@ class Config:
                  self.source)
         prompts_per_rank = t.prompts_per_step // world_size
         samples_per_rank = prompts_per_rank * r.n
-        _require(samples_per_rank % t.micro_batch_size == 0, "train.micro_batch_size",
-                 f"= {t.micro_batch_size} does not divide the {samples_per_rank} sequences per rank "
-                 f"(train.prompts_per_step {t.prompts_per_step} / {world_size} ranks x rollout.n {r.n}); "
-                 f"use a divisor of {samples_per_rank}", self.source)
+        a = self.algo
+        for key, value in [("algo.ppo_epochs", a.ppo_epochs), ("algo.mini_batches", a.mini_batches),
+                           ("algo.dynamic_sampling_max_tries", a.dynamic_sampling_max_tries)]:
+            _require(value >= 1, key, f"must be at least 1, got {value}", self.source)
+        _require(a.overlong_buffer < r.max_new_tokens, "algo.overlong_buffer",
+                 f"= {a.overlong_buffer} must be below rollout.max_new_tokens = {r.max_new_tokens}", self.source)
+        _require(a.importance_cap == 0 or a.importance_cap >= 1, "algo.importance_cap",
+                 f"must be 0 (off) or at least 1, got {a.importance_cap}", self.source)
+        per_update = a.mini_batches * t.micro_batch_size
+        if samples_per_rank % per_update:
+            what = (f"train.micro_batch_size = {t.micro_batch_size}" if a.mini_batches == 1 else
+                    f"train.micro_batch_size x algo.mini_batches = {t.micro_batch_size} x {a.mini_batches}")
+            raise ConfigError(f"{what} does not divide the {samples_per_rank} sequences per rank (train.prompts_per_step "
+                              f"{t.prompts_per_step} / {world_size} ranks x rollout.n {r.n}); use a divisor of "
+                              f"{samples_per_rank} (in {self.source})")
         self.derived = Derived(world_size=world_size, prompts_per_rank=prompts_per_rank,
                                samples_per_rank=samples_per_rank,
-                               micro_batches_per_step=samples_per_rank // t.micro_batch_size)
+                               micro_batches_per_update=samples_per_rank // per_update,
+                               optimizer_steps_per_step=a.ppo_epochs * a.mini_batches)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,21 +277,24 @@ def _require(ok: bool, key: str, problem: str, source: str) -> None:
         raise ConfigError(f"{key} {problem} (in {source})")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a Config from a recipe YAML (optional) and `section.key=value` overrides."""
+def load_config(path: str | os.PathLike | list | tuple | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from recipe YAML files (none, one, or several merged in order, later ones
+    winning, e.g. a task recipe then an algorithm recipe) and `section.key=value` overrides."""
     cfg = Config()
-    if path is not None:
-        source = str(path)
-        if not Path(path).is_file():
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    for one in paths:
+        source = str(one)
+        if not Path(one).is_file():
             raise ConfigError(f"recipe file {source} does not exist")
         try:
-            with open(path) as f:
+            with open(one) as f:
                 raw = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{source} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source} must hold a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
-        cfg.source = source
+        cfg.source = source if cfg.source == "<defaults>" else f"{cfg.source} + {source}"
         # A run's saved config.yaml is a valid recipe: its record-only entries are recomputed, not read.
         raw.pop("derived", None)
         raw.pop("source", None)

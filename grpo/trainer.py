@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from grpo.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+from grpo.algorithms import (ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, groups_with_signal,
+                             kl_penalised_rewards, overlong_penalty, truncated_importance_weights, whiten)
+from grpo.batching import assign_advantages, build_micro_batches, local_counts, step_norm
 from grpo.config import Config
 from grpo.data import PromptSampler, load_prompt_records
 from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb
@@ -23,7 +25,7 @@ from grpo.errors import UserError
 from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks
 from grpo.rewards import RewardFunction
 from grpo.rollout import ENGINES, build_rollout_engine
-from grpo.templates import load_user_templates
+from grpo.templates import load_user_templates, template_stop_strings
 from grpo.types import Completion, MicroBatch, PromptRecord, SamplingSettings
 from grpo.weight_sync import generation_mode, push_weights, training_mode
 
@@ -38,11 +40,13 @@ class Trainer:
             cfg.save(self.run_dir / "config.yaml")
         self.tokenizer = _load_tokenizer(cfg.model.path)
         templates = load_user_templates(cfg.data.templates_file) if cfg.data.templates_file else None
-        records, dropped = load_prompt_records(cfg.data.train_files, cfg.data.template, self.tokenizer,
-                                               cfg.data.max_prompt_length, templates)
-        if dropped and self.dist.rank == 0:
-            print(f"data: dropped {dropped} prompts longer than data.max_prompt_length={cfg.data.max_prompt_length} "
-                  f"tokens; {len(records)} remain", flush=True)
+        records, report = load_prompt_records(cfg.data.train_files, cfg.data.template, self.tokenizer,
+                                              cfg.data.max_prompt_length, templates, cfg.data.skip_malformed)
+        if report and self.dist.rank == 0:
+            print("data: " + report.describe(cfg.data.max_prompt_length), flush=True)
+        # the template's own stop strings (base_r1 ends at </answer>) plus any the recipe adds
+        self.stop = list(dict.fromkeys(cfg.rollout.stop + template_stop_strings(cfg.data.template,
+                                                                                cfg.data.templates_file or None)))
         self.sampler = PromptSampler(records, cfg.train.prompts_per_step, self.dist.rank, self.dist.world_size,
                                      seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.reward_fn = RewardFunction(cfg.reward.functions)
@@ -81,145 +85,215 @@ class Trainer:
         return history
 
     def train_step(self) -> tuple[dict[str, float], list[dict]]:
-        cfg, timer, start = self.cfg, PhaseTimer(), time.perf_counter()
-        prompts = self.sampler.next_batch()
-        with timer("generate"):
-            generation_mode(self.train, self.rollout)
-            groups = self.rollout.generate([p.prompt_ids for p in prompts], self._sampling())
-            training_mode(self.rollout)
-        with timer("score"):
-            rewards_PG, components = self._score(prompts, groups)
-        adv_PG = ADVANTAGES[cfg.algo.advantage](rewards_PG, eps=cfg.algo.adv_eps)
-        micro_batches = self._micro_batches(prompts, groups, adv_PG)
-        local_tokens = sum(float(mb.response_mask_BT.sum()) for mb in micro_batches)
-        step_tokens = reduce_across_ranks({"tokens": local_tokens}, {}, self.dist.device)["tokens"]
+        cfg, algo, timer, start = self.cfg, self.cfg.algo, PhaseTimer(), time.perf_counter()
+        prompts, groups, rewards_PG, components, sums = self._rollout(timer)
+        tries = sums.pop("dynamic/tries", None)
+        micro_batches = build_micro_batches(prompts, groups, cfg.train.micro_batch_size, self.tokenizer.pad_token_id,
+                                            self.dist.device, algo.mask_truncated)
         with timer("logprobs"):
-            if self.train.ref_engine is not None:
-                for mb in micro_batches:
-                    mb.ref_logp_BT = self.train.reference_logprobs(mb, cfg.rollout.temperature)
+            self._reference_and_old_logprobs(micro_batches)
+        if self.train.ref_engine is not None and algo.kl_in == "reward":
+            kl_sum_PG = torch.tensor([float(kl_estimate.sum()) for kl_estimate in self._sequence_kls(micro_batches)])
+            rewards_PG = kl_penalised_rewards(rewards_PG, kl_sum_PG.view_as(rewards_PG), algo.kl_coef)
+        assign_advantages(micro_batches, self._advantages(rewards_PG))
         with timer("train"):
-            sums, maxes, grad_norm = self._optimize(micro_batches, step_tokens)
+            train_sums, maxes, grad_norm = self._optimize(micro_batches)
         with timer("sync"):
             self.rollout.wake_weights()
             sync_metrics = push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
         timer.seconds["step"] = time.perf_counter() - start
+        sums.update(train_sums)
         sums.update(_reward_sums(rewards_PG, components, groups))
+        sums.update(local_counts(micro_batches))
+        sums["response/tokens"] = float(sum(len(c.token_ids) for g in groups for c in g))
+        if tries is not None:
+            maxes["dynamic/tries"] = tries  # the same on every rank: they sample in lockstep
         maxes.update({"response/length_max": max(len(c.token_ids) for g in groups for c in g),
                       "memory/peak_rss_gb": peak_rss_gb(), "memory/device_peak_gb": max_memory_allocated_gb(),
-                      **{k: v for k, v in timer.as_metrics().items()}})
+                      **timer.as_metrics()})
         total = reduce_across_ranks(sums, maxes, self.dist.device)
-        return self._step_metrics(total, step_tokens, grad_norm, sync_metrics), self._samples(prompts, groups, rewards_PG)
-
-    def _optimize(self, micro_batches: list[MicroBatch], step_tokens: float):
-        """One optimizer step over all micro-batches; returns local sums, local maxes and the grad norm."""
-        algo, temperature = self.cfg.algo, self.cfg.rollout.temperature
-        policy_loss, aggregate = POLICY_LOSSES[algo.policy_loss], LOSS_AGGREGATIONS[algo.loss_agg]
-        kl_estimator = KL_ESTIMATORS[algo.kl_estimator]
-        sums = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0, "policy/entropy": 0.0,
-                "policy/clipped_tokens": 0.0, "rollout/logprob_diff_sum": 0.0}
-        maxes = {"rollout/logprob_diff_max": 0.0}
-        grad_norm = float("nan")
-        for i, mb in enumerate(micro_batches):
-            logp_BT, entropy_BT = self.train.policy_logprobs(mb, temperature)
-            mask_BT = mb.response_mask_BT
-            # One update per rollout: the policy that sampled is the current one, so its logprobs
-            # are these, detached (a separate no-grad forward would compute the same numbers).
-            old_logp_BT = logp_BT.detach()
-            pg_BT, pg_metrics = policy_loss(logp_BT, old_logp_BT, mb.advantages_B, mask_BT,
-                                            clip_low=algo.clip_low, clip_high=algo.clip_high)
-            loss_BT = pg_BT
-            if mb.ref_logp_BT is not None:
-                kl_BT = kl_estimator(logp_BT, mb.ref_logp_BT)
-                loss_BT = pg_BT + algo.kl_coef * kl_BT
-                sums["loss/kl"] += float(aggregate(kl_BT.detach(), mask_BT, step_tokens))
-            loss = aggregate(loss_BT, mask_BT, step_tokens)
-            self.train.backward(loss)
-            if i == len(micro_batches) - 1:
-                grad_norm = self.train.step()
-            else:
-                self.train.micro_step()
-            diff_BT = (logp_BT.detach() - mb.sampler_logp_BT).abs() * mask_BT
-            sums["loss/policy"] += float(aggregate(pg_BT.detach(), mask_BT, step_tokens))
-            sums["loss/total"] += float(loss.detach())
-            sums["policy/entropy"] += float(aggregate(entropy_BT, mask_BT, step_tokens))
-            sums["policy/clipped_tokens"] += float(pg_metrics["clipped_tokens"])
-            sums["rollout/logprob_diff_sum"] += float(diff_BT.sum())
-            maxes["rollout/logprob_diff_max"] = max(maxes["rollout/logprob_diff_max"], float(diff_BT.max()))
-        return sums, maxes, grad_norm
+        return self._step_metrics(total, grad_norm, sync_metrics), self._samples(prompts, groups, rewards_PG)
 
     # -- pieces of a step ----------------------------------------------------------------------
-    def _sampling(self) -> SamplingSettings:
-        r = self.cfg.rollout
-        # distinct on every rank and step, reproducible from train.seed
-        seed = (self.cfg.train.seed * 1_000_003 + self.dist.rank * 10_007 + self.step) % 2**63
-        return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=seed)
+    def _rollout(self, timer: PhaseTimer):
+        """Generate and score this rank's prompts; with dynamic sampling, keep only groups that carry a
+        signal and sample more prompts (every rank in lockstep) until each rank has enough or the tries
+        run out, then fill up with dropped groups so every rank trains on the same number of sequences.
+        """
+        algo, need = self.cfg.algo, self.cfg.derived.prompts_per_rank
+        kept, dropped, tries = [], [], 0
+        while True:
+            tries += 1
+            prompts = self.sampler.next_batch()
+            with timer("generate"):
+                generation_mode(self.train, self.rollout)
+                groups = self.rollout.generate([p.prompt_ids for p in prompts], self._sampling(tries))
+                training_mode(self.rollout)
+            with timer("score"):
+                rewards_PG, components = self._score(prompts, groups)
+            signal_P = groups_with_signal(rewards_PG) if algo.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool)
+            n = self.cfg.rollout.n
+            for p, record in enumerate(prompts):
+                entry = (record, groups[p], rewards_PG[p], components[p * n:(p + 1) * n])
+                (kept if signal_P[p] else dropped).append(entry)
+            if not algo.dynamic_sampling:
+                break
+            short = reduce_across_ranks({}, {"short": float(len(kept) < need)}, self.dist.device)["short"]
+            if not short or tries >= algo.dynamic_sampling_max_tries:
+                break
+        filled = max(need - len(kept), 0)
+        chosen = kept[:need] + dropped[:filled]
+        stats = {"dynamic/tries": float(tries), "dynamic/filled_groups": float(filled),
+                 "dynamic/dropped_groups": float(len(dropped))} if algo.dynamic_sampling else {}
+        return ([c[0] for c in chosen], [c[1] for c in chosen], torch.stack([c[2] for c in chosen]),
+                [comp for c in chosen for comp in c[3]], stats)
 
     def _score(self, prompts: list[PromptRecord], groups: list[list[Completion]]):
+        algo, max_len = self.cfg.algo, self.cfg.rollout.max_new_tokens
         rewards, components = [], []
         for record, group in zip(prompts, groups):
             results = [self.reward_fn(record.data_source, c.text, record.ground_truth, record.prompt_text)
                        for c in group]
-            rewards.append([r.score for r in results])
-            components += [r.components for r in results]
+            lengths_G = torch.tensor([len(c.token_ids) for c in group])
+            penalty_G = overlong_penalty(lengths_G, max_len, algo.overlong_buffer, algo.overlong_penalty)
+            rewards.append([r.score + float(pen) for r, pen in zip(results, penalty_G)])
+            components += [{**r.components, "overlong_penalty": float(pen)} for r, pen in zip(results, penalty_G)]
         return torch.tensor(rewards, dtype=torch.float32), components
 
-    def _micro_batches(self, prompts: list[PromptRecord], groups: list[list[Completion]],
-                       adv_PG: torch.Tensor) -> list[MicroBatch]:
-        rows = [(record.prompt_ids, completion, float(adv_PG[p, g]))
-                for p, (record, group) in enumerate(zip(prompts, groups)) for g, completion in enumerate(group)]
-        size, device = self.cfg.train.micro_batch_size, self.dist.device
-        batches = []
-        for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
-            B = len(chunk)
-            P = max(len(ids) for ids, _, _ in chunk)
-            T = max(max(len(c.token_ids) for _, c, _ in chunk), 1)
-            input_ids_BL = torch.full((B, P + T), self.tokenizer.pad_token_id, dtype=torch.long)
-            attention_BL = torch.zeros((B, P + T), dtype=torch.long)
-            response_mask_BT = torch.zeros((B, T), dtype=torch.float32)
-            sampler_logp_BT = torch.zeros((B, T), dtype=torch.float32)
-            for i, (ids, completion, _) in enumerate(chunk):
-                n = len(completion.token_ids)
-                input_ids_BL[i, P - len(ids):P] = torch.tensor(ids)
-                input_ids_BL[i, P:P + n] = torch.tensor(completion.token_ids, dtype=torch.long)
-                attention_BL[i, P - len(ids):P + n] = 1
-                response_mask_BT[i, :n] = 1.0
-                sampler_logp_BT[i, :n] = torch.tensor(completion.logprobs)
-            position_BL = (attention_BL.cumsum(-1) - 1).clamp(min=0)
-            batches.append(MicroBatch(
-                input_ids_BL=input_ids_BL.to(device), attention_mask_BL=attention_BL.to(device),
-                position_ids_BL=position_BL.to(device), response_mask_BT=response_mask_BT.to(device),
-                prompt_width=P, advantages_B=torch.tensor([a for _, _, a in chunk], device=device),
-                sampler_logp_BT=sampler_logp_BT.to(device)))
-        return batches
+    def _reference_and_old_logprobs(self, micro_batches: list[MicroBatch]) -> None:
+        """Frozen reference logprobs (KL) and, when any update would not be on-policy, the old ones."""
+        algo, temperature = self.cfg.algo, self.cfg.rollout.temperature
+        need_old = (algo.ppo_epochs > 1 or algo.mini_batches > 1 or algo.importance_cap > 0
+                    or (algo.kl_in == "reward" and self.train.ref_engine is not None))
+        for mb in micro_batches:
+            if self.train.ref_engine is not None:
+                mb.ref_logp_BT = self.train.reference_logprobs(mb, temperature)
+            if need_old:
+                mb.old_logp_BT = self.train.old_policy_logprobs(mb, temperature)
 
-    def _step_metrics(self, total: dict[str, float], step_tokens: float, grad_norm: float,
+    def _sequence_kls(self, micro_batches: list[MicroBatch]) -> list[torch.Tensor]:
+        """Per sequence, the summed KL estimate between the old policy and the reference."""
+        kl = KL_ESTIMATORS[self.cfg.algo.kl_estimator]
+        return [seq for mb in micro_batches
+                for seq in (kl(mb.old_logp_BT, mb.ref_logp_BT) * mb.response_mask_BT).sum(-1).cpu()]
+
+    def _advantages(self, rewards_PG: torch.Tensor) -> torch.Tensor:
+        estimator = ADVANTAGES[self.cfg.algo.advantage]
+        adv_PG = estimator.fn(rewards_PG, eps=self.cfg.algo.adv_eps)
+        if estimator.whiten_over_batch:
+            total = reduce_across_ranks({"n": float(adv_PG.numel()), "sum": float(adv_PG.sum()),
+                                         "sq": float((adv_PG ** 2).sum())}, {}, self.dist.device)
+            mean = total["sum"] / total["n"]
+            std = max(total["sq"] / total["n"] - mean * mean, 0.0) ** 0.5
+            adv_PG = whiten(adv_PG, mean, std, self.cfg.algo.adv_eps)
+        return adv_PG
+
+    def _optimize(self, micro_batches: list[MicroBatch]):
+        """algo.ppo_epochs passes over the rollout, each in algo.mini_batches optimizer steps.
+
+        Returns local sums (per-update means added up over updates), local maxes and the mean grad norm.
+        """
+        algo, temperature = self.cfg.algo, self.cfg.rollout.temperature
+        policy_loss, aggregate = POLICY_LOSSES[algo.policy_loss], LOSS_AGGREGATIONS[algo.loss_agg]
+        kl_estimator = KL_ESTIMATORS[algo.kl_estimator]
+        per_update = self.cfg.derived.micro_batches_per_update
+        updates = [micro_batches[i:i + per_update] for i in range(0, len(micro_batches), per_update)]
+        norms = [step_norm(reduce_across_ranks(local_counts(chunk), {}, self.dist.device), self.cfg.rollout.max_new_tokens)
+                 for chunk in updates]
+        sums = dict.fromkeys(["loss/policy", "loss/kl", "loss/total", "policy/entropy", "policy/approx_kl",
+                              "policy/clipped_tokens", "policy/dual_clipped_tokens", "rollout/logprob_diff_sum",
+                              "rollout/importance_weight_sum", "rollout/importance_capped_tokens"], 0.0)
+        maxes = {"rollout/logprob_diff_max": 0.0}
+        grad_norms = []
+        for epoch in range(algo.ppo_epochs):
+            for chunk, norm in zip(updates, norms):
+                for i, mb in enumerate(chunk):
+                    logp_BT, entropy_BT = self.train.policy_logprobs(mb, temperature)
+                    mask_BT = mb.response_mask_BT
+                    # With one on-policy update the policy that sampled is the current one, so the old
+                    # logprobs are these, detached (a separate forward would compute the same numbers).
+                    old_logp_BT = mb.old_logp_BT if mb.old_logp_BT is not None else logp_BT.detach()
+                    pg_BT, pg_metrics = policy_loss(logp_BT, old_logp_BT, mb.advantages_B, mask_BT,
+                                                    clip_low=algo.clip_low, clip_high=algo.clip_high,
+                                                    dual_clip=algo.dual_clip)
+                    if algo.importance_cap > 0:
+                        weights_BT, w_metrics = truncated_importance_weights(
+                            old_logp_BT, mb.sampler_logp_BT, mask_BT, algo.importance_cap, algo.importance_level)
+                        pg_BT = pg_BT * weights_BT
+                        sums["rollout/importance_weight_sum"] += float(w_metrics["weight_sum"]) / algo.ppo_epochs
+                        sums["rollout/importance_capped_tokens"] += float(w_metrics["capped_tokens"]) / algo.ppo_epochs
+                    loss_BT = pg_BT
+                    if mb.ref_logp_BT is not None:
+                        kl_BT = kl_estimator(logp_BT, mb.ref_logp_BT)
+                        if algo.kl_in == "loss":
+                            loss_BT = loss_BT + algo.kl_coef * kl_BT
+                        sums["loss/kl"] += float(aggregate(kl_BT.detach(), mask_BT, norm))
+                    if algo.entropy_coef > 0:
+                        loss_BT = loss_BT - algo.entropy_coef * entropy_BT
+                    loss = aggregate(loss_BT, mask_BT, norm)
+                    self.train.backward(loss)
+                    if i == len(chunk) - 1:
+                        grad_norms.append(self.train.step())
+                    else:
+                        self.train.micro_step()
+                    sums["loss/policy"] += float(aggregate(pg_BT.detach(), mask_BT, norm))
+                    sums["loss/total"] += float(loss.detach())
+                    sums["policy/entropy"] += float(aggregate(entropy_BT.detach(), mask_BT, norm))
+                    sums["policy/approx_kl"] += float(aggregate(KL_ESTIMATORS["k3"](logp_BT.detach(), old_logp_BT),
+                                                                mask_BT, norm))
+                    sums["policy/clipped_tokens"] += float(pg_metrics["clipped_tokens"])
+                    sums["policy/dual_clipped_tokens"] += float(pg_metrics.get("dual_clipped_tokens", 0.0))
+                    if epoch == 0:  # the engine/trainer mismatch, on the weights the engine sampled with
+                        generated_BT = mb.attention_mask_BL[:, mb.prompt_width:].float()  # masked or not
+                        diff_BT = (old_logp_BT - mb.sampler_logp_BT).abs() * generated_BT
+                        sums["rollout/logprob_diff_sum"] += float(diff_BT.sum())
+                        maxes["rollout/logprob_diff_max"] = max(maxes["rollout/logprob_diff_max"], float(diff_BT.max()))
+        return sums, maxes, sum(grad_norms) / len(grad_norms)
+
+    def _sampling(self, attempt: int = 1) -> SamplingSettings:
+        r = self.cfg.rollout
+        # distinct on every rank, step and dynamic-sampling attempt, reproducible from train.seed
+        seed = (self.cfg.train.seed * 1_000_003 + self.dist.rank * 10_007 + self.step * 101 + attempt) % 2**63
+        return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, stop=self.stop, seed=seed)
+
+    def _step_metrics(self, total: dict[str, float], grad_norm: float,
                       sync_metrics: dict[str, float]) -> dict[str, float]:
+        updates = self.cfg.derived.optimizer_steps_per_step
         count = total.pop("reward/count")
         mean = total.pop("reward/sum") / count
         variance = max(total.pop("reward/sq_sum") / count - mean * mean, 0.0)
+        tokens, loss_tokens = total.pop("response/tokens"), total.pop("norm/tokens")
+        total.pop("norm/sequences")
         metrics = {
             "reward/mean": mean,
             "reward/std": variance ** 0.5,
             "reward/accuracy": total.pop("reward/accuracy_sum") / count,
             "reward/format": total.pop("reward/format_sum") / count,
-            "response/length_mean": step_tokens / count,
+            "reward/overlong_penalty": total.pop("reward/overlong_sum") / count,
+            "response/length_mean": tokens / count,
             "response/length_max": total.pop("response/length_max"),
             "response/clipped_frac": total.pop("response/clipped_count") / count,
-            "loss/total": total.pop("loss/total"),
-            "loss/policy": total.pop("loss/policy"),
-            "loss/kl": total.pop("loss/kl"),
-            "policy/entropy": total.pop("policy/entropy"),
-            "policy/clip_frac": total.pop("policy/clipped_tokens") / step_tokens,
+            "loss/total": total.pop("loss/total") / updates,
+            "loss/policy": total.pop("loss/policy") / updates,
+            "loss/kl": total.pop("loss/kl") / updates,
+            "policy/entropy": total.pop("policy/entropy") / updates,
+            "policy/approx_kl": total.pop("policy/approx_kl") / updates,
+            "policy/clip_frac": total.pop("policy/clipped_tokens") / max(loss_tokens, 1.0) / self.cfg.algo.ppo_epochs,
+            "policy/dual_clip_frac": total.pop("policy/dual_clipped_tokens") / max(loss_tokens, 1.0) / self.cfg.algo.ppo_epochs,
             "train/grad_norm": grad_norm,
             "train/lr": self.train.lr(),
-            "rollout/logprob_diff_mean": total.pop("rollout/logprob_diff_sum") / step_tokens,
+            "train/loss_tokens": loss_tokens,
+            "rollout/logprob_diff_mean": total.pop("rollout/logprob_diff_sum") / tokens,
             "rollout/logprob_diff_max": total.pop("rollout/logprob_diff_max"),
-            "throughput/tokens_per_s": step_tokens / total["time/step"],
+            "throughput/tokens_per_s": tokens / total["time/step"],
             **sync_metrics,
         }
-        metrics.update(total)  # the phase times and memory peaks (max over ranks)
+        weight_sum, capped = total.pop("rollout/importance_weight_sum"), total.pop("rollout/importance_capped_tokens")
+        if self.cfg.algo.importance_cap > 0:
+            metrics["rollout/importance_weight_mean"] = weight_sum / max(loss_tokens, 1.0)
+            metrics["rollout/importance_capped_frac"] = capped / max(loss_tokens, 1.0)
+        metrics.update(total)  # phase times and memory peaks (max over ranks), dynamic-sampling counts
         return metrics
 
     def _samples(self, prompts: list[PromptRecord], groups: list[list[Completion]], rewards_PG: torch.Tensor):
@@ -236,6 +310,7 @@ def _reward_sums(rewards_PG: torch.Tensor, components: list[dict[str, float]], g
             "reward/sq_sum": float((rewards_PG ** 2).sum()),
             "reward/accuracy_sum": sum(c.get("accuracy", 0.0) for c in components),
             "reward/format_sum": sum(c.get("format", 0.0) for c in components),
+            "reward/overlong_sum": sum(c.get("overlong_penalty", 0.0) for c in components),
             "response/clipped_count": float(sum(c.finish_reason == "length" for g in groups for c in g))}
 
 
@@ -251,6 +326,10 @@ def _check_choices(cfg: Config) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UserError(f"{key}: unknown choice {value!r} (in {cfg.source}); available: "
                             f"{', '.join(sorted(registry))}{hint}")
+    least = ADVANTAGES[cfg.algo.advantage].min_group_size
+    if cfg.rollout.n < least:
+        raise UserError(f"rollout.n = {cfg.rollout.n}: algo.advantage={cfg.algo.advantage} compares completions "
+                        f"within a group, so it needs n >= {least} (in {cfg.source})")
 
 
 def _check_model_path(path: str) -> None:

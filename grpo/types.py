@@ -65,9 +65,10 @@ class MicroBatch:
     position_ids_BL: Any
     response_mask_BT: Any  # 1.0 on generated tokens, 0.0 on padding
     prompt_width: int  # P
-    advantages_B: Any
+    advantages_B: Any  # filled once the step's rewards are final
     sampler_logp_BT: Any  # the rollout engine's logprobs of the sampled tokens (0 on padding)
     ref_logp_BT: Any = None  # frozen reference model's logprobs, filled when the KL coefficient is > 0
+    old_logp_BT: Any = None  # the trainer's logprobs before any update of this step, when they are needed
 
     @property
     def response_ids_BT(self):

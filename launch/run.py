@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-USAGE = "usage: launch/run.py RECIPE.yaml [section.key=value ...]"
+USAGE = "usage: launch/run.py RECIPE.yaml [MORE.yaml ...] [section.key=value ...]   (later recipes win)"
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     from grpo.errors import UserError
 
     try:
-        cfg = load_config(argv[0], argv[1:])
+        recipes = [a for a in argv if "=" not in a]
+        cfg = load_config(recipes, [a for a in argv if "=" in a])
         cfg.finalize(int(os.environ.get("WORLD_SIZE", "1")))  # config mistakes surface before any heavy import
         from grpo.trainer import Trainer
 

@@ -4,8 +4,12 @@ Nothing here knows about DeepSpeed, ranks or engines: inputs are tensors and pla
 each function returns its value (plus metrics where useful). The trainer picks functions by the
 names in the recipe (`algo.advantage`, `algo.policy_loss`, `algo.kl_estimator`, `algo.loss_agg`).
 """
-from grpo.algorithms.advantages import ADVANTAGES
-from grpo.algorithms.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+from grpo.algorithms.advantages import ADVANTAGES, whiten
+from grpo.algorithms.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, StepNorm
 from grpo.algorithms.logprobs import token_logprobs_and_entropy
+from grpo.algorithms.shaping import (groups_with_signal, kl_penalised_rewards, overlong_penalty,
+                                     truncated_importance_weights)
 
-__all__ = ["ADVANTAGES", "POLICY_LOSSES", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "token_logprobs_and_entropy"]
+__all__ = ["ADVANTAGES", "POLICY_LOSSES", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "StepNorm", "whiten",
+           "token_logprobs_and_entropy", "groups_with_signal", "kl_penalised_rewards", "overlong_penalty",
+           "truncated_importance_weights"]

@@ -24,7 +24,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def deepspeed_config(cfg: Config, stage: int, train: bool) -> dict:
     ds = {
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
-        "gradient_accumulation_steps": cfg.derived.micro_batches_per_step if train else 1,
+        "gradient_accumulation_steps": cfg.derived.micro_batches_per_update if train else 1,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
@@ -50,14 +50,25 @@ class DeepSpeedTrainEngine:
     def __init__(self, cfg: Config, dist: DistInfo):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         self.cfg, self.dist = cfg, dist
         dtype = DTYPES[cfg.model.dtype]
         stage = cfg.train.zero_stage
         ds_train = deepspeed_config(cfg, stage, train=True)
-        # Keeping this object alive makes from_pretrained build the model under zero.Init (sharded).
-        self._hf_ds_config = HfDeepSpeedConfig(ds_train) if stage == 3 else None
-        model = load_pretrained(cfg.model.path, dtype)
+        needs_reference = cfg.algo.kl_coef > 0
+        # While an HfDeepSpeedConfig of stage 3 is alive, from_pretrained builds the model under
+        # zero.Init (each rank loads only its shard). transformers keeps it in a process-wide weak
+        # reference, so it is dropped right after loading: a later from_pretrained in this process
+        # (a rollout engine, a second Trainer in a notebook) must load whole weights.
+        unset_hf_deepspeed_config()
+        hf_ds_config = HfDeepSpeedConfig(ds_train) if stage == 3 else None
+        try:
+            model = load_pretrained(cfg.model.path, dtype)
+            ref = load_pretrained(cfg.model.path, dtype) if needs_reference else None
+        finally:
+            del hf_ds_config
+            unset_hf_deepspeed_config()
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -69,27 +80,34 @@ class DeepSpeedTrainEngine:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_train)
         self.ref_engine = None
-        if cfg.algo.kl_coef > 0:
+        if needs_reference:
             # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
-            ref_stage = 3 if stage == 3 else 0
-            ref = load_pretrained(cfg.model.path, dtype)
             ref.requires_grad_(False)
-            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(cfg, ref_stage, train=False))
+            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(cfg, 3 if stage == 3 else 0,
+                                                                                          train=False))
             self.ref_engine.eval()
 
     # -- forward passes ----------------------------------------------------------------------
     @staticmethod
-    def _logprobs(engine, mb: MicroBatch, temperature: float, with_entropy: bool):
+    def _logprobs(engine, mb: MicroBatch, temperature: float, with_entropy: bool, entropy_grad: bool = False):
         logits_BLV = engine(input_ids=mb.input_ids_BL, attention_mask=mb.attention_mask_BL,
                             position_ids=mb.position_ids_BL, use_cache=False).logits
         P = mb.prompt_width
         # the logits at column c predict the token at column c + 1
-        return token_logprobs_and_entropy(logits_BLV[:, P - 1:-1], mb.response_ids_BT, temperature, with_entropy)
+        return token_logprobs_and_entropy(logits_BLV[:, P - 1:-1], mb.response_ids_BT, temperature, with_entropy,
+                                          entropy_grad)
 
     def policy_logprobs(self, mb: MicroBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Logprobs with autograd (for the loss) and entropies of the current policy."""
         self.engine.train()
-        return self._logprobs(self.engine, mb, temperature, with_entropy=True)
+        return self._logprobs(self.engine, mb, temperature, with_entropy=True,
+                              entropy_grad=self.cfg.algo.entropy_coef > 0)
+
+    @torch.no_grad()
+    def old_policy_logprobs(self, mb: MicroBatch, temperature: float) -> torch.Tensor:
+        """The policy's logprobs before this step's updates (for mu > 1, mini-batches, KL in reward)."""
+        logp_BT, _ = self._logprobs(self.engine, mb, temperature, with_entropy=False)
+        return logp_BT
 
     @torch.no_grad()
     def reference_logprobs(self, mb: MicroBatch, temperature: float) -> torch.Tensor:

@@ -78,7 +78,7 @@ def test_run_directory_has_config_samples_and_tensorboard(torchrun_run):
     config = yaml.safe_load((torchrun_run / "config.yaml").read_text())
     # 8 prompts per step over 2 ranks x n=8 = 32 sequences per rank in micro-batches of 16
     assert config["derived"] == {"world_size": 2, "prompts_per_rank": 4, "samples_per_rank": 32,
-                                 "micro_batches_per_step": 2}
+                                 "micro_batches_per_update": 2, "optimizer_steps_per_step": 1}
     samples = [json.loads(line) for line in (torchrun_run / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == set(range(1, STEPS + 1))  # log.samples_every=1
     assert all(s["data_source"] == "countdown" and "response" in s for s in samples)
@@ -101,7 +101,7 @@ def test_single_process_stage0_bf16_checkpointing_without_reference(tiny_dir, re
     # 8 prompts x n=8 on one rank = 64 sequences in micro-batches of 16 -> 4 accumulation steps
     import yaml
 
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["derived"]["micro_batches_per_step"] == 4
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["derived"]["micro_batches_per_update"] == 4
 
 
 def _assert_clean_error(result, *fragments):

@@ -53,6 +53,7 @@ before = vllm_logprobs(fixed_ids)
 for step in range(1, 4):
     trainer.step = step
     metrics, _ = trainer.train_step()  # generate, score, train, push the new weights into vLLM
+    trainer.rollout.wake()  # with sleep mode (GPU) the KV cache is released until the next generation
     gap = float((vllm_logprobs(fixed_ids) - trainer_logprobs(fixed_ids)).abs().max())
     moved = float((vllm_logprobs(fixed_ids) - before).abs().max())
     report(step=step, fixed_gap=gap, moved_since_start=moved, sampled_gap=metrics["rollout/logprob_diff_max"])

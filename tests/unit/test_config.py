@@ -247,13 +247,13 @@ def test_finalize_derives_per_rank_numbers():
     cfg = finalized("train.prompts_per_step=8", "rollout.n=8", "train.micro_batch_size=16", world_size=2)
     # 8 prompts over 2 ranks = 4 prompts per rank; x n=8 = 32 sequences per rank; 32 / 16 = 2 micro-batches.
     assert dataclasses.asdict(cfg.derived) == {"world_size": 2, "prompts_per_rank": 4, "samples_per_rank": 32,
-                                               "micro_batches_per_step": 2}
+                                               "micro_batches_per_update": 2, "optimizer_steps_per_step": 1}
 
 
 def test_finalize_defaults_on_one_rank():
     cfg = finalized()
     # 64 prompts on 1 rank x n=8 = 512 sequences; 512 / micro 4 = 128 micro-batches.
-    assert (cfg.derived.prompts_per_rank, cfg.derived.samples_per_rank, cfg.derived.micro_batches_per_step) == (64, 512, 128)
+    assert (cfg.derived.prompts_per_rank, cfg.derived.samples_per_rank, cfg.derived.micro_batches_per_update) == (64, 512, 128)
 
 
 def test_finalize_returns_the_config_itself():
@@ -338,7 +338,7 @@ def test_saved_config_reruns_as_a_recipe(tmp_path):
     # The record holds the derived numbers (8 / 2 = 4 prompts, x 8 = 32 sequences, / 16 = 2
     # micro-batches) and where the config came from.
     assert saved["derived"] == {"world_size": 2, "prompts_per_rank": 4, "samples_per_rank": 32,
-                                "micro_batches_per_step": 2}
+                                "micro_batches_per_update": 2, "optimizer_steps_per_step": 1}
     assert saved["source"] == str(recipe)
 
     # Loading the saved file as a recipe ignores the record-only entries: finalize recomputes them,
@@ -346,7 +346,7 @@ def test_saved_config_reruns_as_a_recipe(tmp_path):
     reloaded = load_config(saved_path)
     assert reloaded.source == str(saved_path) and reloaded.derived.world_size == 1  # not yet finalized
     reloaded.finalize(4)
-    assert reloaded.derived.micro_batches_per_step == 1
+    assert reloaded.derived.micro_batches_per_update == 1
 
     def recipe_part(c: Config) -> dict:
         d = c.to_dict()

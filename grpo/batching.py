@@ -1,0 +1,66 @@
+"""Turning scored completions into training micro-batches, and counting what the loss divides by.
+
+A micro-batch lays out `[left-padded prompt | right-padded response]` per sequence (see
+`grpo.types.MicroBatch`), padded only to its own longest prompt and response.
+"""
+from __future__ import annotations
+
+import torch
+
+from grpo.algorithms import StepNorm
+from grpo.types import Completion, MicroBatch, PromptRecord
+
+
+def build_micro_batches(prompts: list[PromptRecord], groups: list[list[Completion]], micro_batch_size: int,
+                        pad_id: int, device: torch.device, mask_truncated: bool = False) -> list[MicroBatch]:
+    """Micro-batches of `micro_batch_size` sequences in prompt-major order (a group's samples adjacent).
+
+    With mask_truncated, completions cut at the length limit keep their place but count for nothing.
+    """
+    rows = [(record.prompt_ids, completion) for record, group in zip(prompts, groups) for completion in group]
+    batches = []
+    for start in range(0, len(rows), micro_batch_size):
+        chunk = rows[start:start + micro_batch_size]
+        B = len(chunk)
+        P = max(len(ids) for ids, _ in chunk)
+        T = max(max(len(c.token_ids) for _, c in chunk), 1)
+        input_ids_BL = torch.full((B, P + T), pad_id, dtype=torch.long)
+        attention_BL = torch.zeros((B, P + T), dtype=torch.long)
+        response_mask_BT = torch.zeros((B, T), dtype=torch.float32)
+        sampler_logp_BT = torch.zeros((B, T), dtype=torch.float32)
+        for i, (ids, completion) in enumerate(chunk):
+            n = len(completion.token_ids)
+            input_ids_BL[i, P - len(ids):P] = torch.tensor(ids, dtype=torch.long)
+            input_ids_BL[i, P:P + n] = torch.tensor(completion.token_ids, dtype=torch.long)
+            attention_BL[i, P - len(ids):P + n] = 1
+            if not (mask_truncated and completion.finish_reason == "length"):
+                response_mask_BT[i, :n] = 1.0
+            sampler_logp_BT[i, :n] = torch.tensor(completion.logprobs, dtype=torch.float32)
+        position_BL = (attention_BL.cumsum(-1) - 1).clamp(min=0)
+        batches.append(MicroBatch(
+            input_ids_BL=input_ids_BL.to(device), attention_mask_BL=attention_BL.to(device),
+            position_ids_BL=position_BL.to(device), response_mask_BT=response_mask_BT.to(device),
+            prompt_width=P, advantages_B=None, sampler_logp_BT=sampler_logp_BT.to(device)))
+    return batches
+
+
+def assign_advantages(micro_batches: list[MicroBatch], adv_PG: torch.Tensor) -> None:
+    """Give each sequence its completion's advantage, in the prompt-major order of build_micro_batches."""
+    flat = adv_PG.flatten().tolist()
+    start = 0
+    for mb in micro_batches:
+        B = mb.input_ids_BL.shape[0]
+        mb.advantages_B = torch.tensor(flat[start:start + B], dtype=torch.float32, device=mb.input_ids_BL.device)
+        start += B
+
+
+def local_counts(micro_batches: list[MicroBatch]) -> dict[str, float]:
+    """This rank's share of a StepNorm: masked tokens and sequences with at least one of them."""
+    return {"norm/tokens": sum(float(mb.response_mask_BT.sum()) for mb in micro_batches),
+            "norm/sequences": sum(float((mb.response_mask_BT.sum(-1) > 0).sum()) for mb in micro_batches)}
+
+
+def step_norm(global_counts: dict[str, float], max_len: int) -> StepNorm:
+    # max(., 1): when every completion is masked the loss is a sum of zeros, not 0/0
+    return StepNorm(tokens=max(global_counts["norm/tokens"], 1.0), sequences=max(global_counts["norm/sequences"], 1.0),
+                    max_len=float(max_len))
