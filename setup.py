@@ -17,6 +17,7 @@ setup(
         "transformers>=5.16.1,<5.20",
         "accelerate",
         "datasets",
+        "matplotlib",
         "pandas",
         "pyarrow",
         "safetensors",

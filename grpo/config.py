@@ -183,8 +183,34 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
+    every_steps: int = 50
+    """Save a resumable checkpoint every this many steps to LOG_DIR/checkpoints (0: never)."""
+    keep: int = 2
+    """How many of the newest checkpoints to keep; older ones are deleted after a save succeeds."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in LOG_DIR if there is one; never; or a checkpoint path."""
     save_final: bool = True
     """At the end of the run, write the trained policy as a Hugging Face folder to LOG_DIR/final."""
+
+
+@dataclass
+class EvalConfig:
+    files: list[str] = field(default_factory=list)
+    """Prepared benchmark files (verl columns), each a path (named by its file stem) or name=path; empty: no eval."""
+    every_steps: int = 0
+    """Evaluate every this many RL steps while training; 0 never (eval.at_start and eval.at_end still apply)."""
+    k: int = 4
+    """Sampled completions per prompt for avg@k, maj@k and pass@k, besides one greedy one for pass@1; 0: greedy only."""
+    temperature: float = 1.0
+    """Sampling temperature of the k samples (greedy pass@1 does not use it)."""
+    max_new_tokens: int = 0
+    """Longest evaluated response in tokens; 0 uses rollout.max_new_tokens (the vllm engine cannot go above that)."""
+    max_prompts: int = 0
+    """Evaluate only the first N prompts of each benchmark (quick periodic evals); 0 uses them all."""
+    at_start: bool = False
+    """Also evaluate before the first step, as the baseline of a before/after comparison."""
+    at_end: bool = True
+    """Evaluate after the last step (when eval.files is not empty)."""
 
 
 @dataclass
@@ -209,6 +235,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     derived: Derived = field(default_factory=Derived)
     source: str = "<defaults>"
     """Where the config came from (recipe path), for error messages."""
@@ -231,6 +258,10 @@ class Config:
                  f"must be in (0, 1], got {r.gpu_memory_utilization}", self.source)
         _require(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}", self.source)
         _require(len(t.betas) == 2, "train.betas", f"needs two numbers, got {t.betas}", self.source)
+        _require(self.checkpoint.every_steps >= 0, "checkpoint.every_steps",
+                 f"must be >= 0 (0 is never), got {self.checkpoint.every_steps}", self.source)
+        _require(self.checkpoint.keep >= 1, "checkpoint.keep", f"must be at least 1, got {self.checkpoint.keep}",
+                 self.source)
         _require(self.algo.kl_coef >= 0, "algo.kl_coef", f"must be >= 0, got {self.algo.kl_coef}", self.source)
         _require(self.algo.advantage != "grpo" or r.n >= 2, "rollout.n",
                  f"GRPO normalises within a group of completions, so it needs n >= 2; got {r.n}", self.source)

@@ -91,3 +91,37 @@ def peak_rss_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def memory_now_gb() -> float:
+    """Memory this rank holds now, in GiB: the accelerator's peak since the last call (then reset), or
+    on CPU the process's resident set. Called at the end of each phase to attribute memory to it."""
+    if is_cpu():
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+        import os as _os
+
+        return resident_pages * _os.sysconf("SC_PAGE_SIZE") / 2**30
+    acc = accelerator()
+    peak = acc.max_memory_allocated() / 2**30
+    acc.reset_peak_memory_stats()
+    return peak
+
+
+def rng_state() -> dict:
+    """Every random generator a rank uses, to put in a checkpoint."""
+    import random
+
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if not is_cpu():
+        state["accelerator"] = accelerator().get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "accelerator" in state and not is_cpu():
+        accelerator().set_rng_state(state["accelerator"])

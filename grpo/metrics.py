@@ -7,18 +7,35 @@ are flushed every step, so a crash loses nothing already logged.
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from grpo.device import memory_now_gb
+
+# Words the R1-Zero write-ups watch for the "aha moment": the model starts to re-check itself.
+REFLECTION_WORDS = ("wait", "re-check", "recheck", "re-examine", "re-evaluate", "verify", "double-check",
+                    "double check", "let me check", "mistake")
+_REFLECTION = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def reflection_count(texts: list[str]) -> int:
+    """How many of the texts use at least one reflection word (whole words, any case)."""
+    return sum(1 for text in texts if _REFLECTION.search(text))
+
 
 class PhaseTimer:
-    """Wall-clock seconds per named phase of a step (generate, score, logprobs, train, sync)."""
+    """Wall-clock seconds and memory per named phase of a step (generate, score, logprobs, train, sync).
+
+    Memory is read when a phase ends: the accelerator's peak during the phase, or the resident set on CPU.
+    """
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.memory_gb: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -27,9 +44,11 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+            self.memory_gb[phase] = max(self.memory_gb.get(phase, 0.0), memory_now_gb())
 
     def as_metrics(self) -> dict[str, float]:
-        return {f"time/{k}": v for k, v in self.seconds.items()}
+        return {**{f"time/{k}": v for k, v in self.seconds.items()},
+                **{f"memory/{k}_gb": v for k, v in self.memory_gb.items()}}
 
 
 def reduce_across_ranks(sums: dict[str, float], maxes: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -51,7 +70,9 @@ def reduce_across_ranks(sums: dict[str, float], maxes: dict[str, float], device:
 class MetricsWriter:
     """Rank 0's sinks; on other ranks every method is a no-op."""
 
-    def __init__(self, run_dir: str, rank: int, total_steps: int, tensorboard: bool, progress: bool):
+    def __init__(self, run_dir: str, rank: int, start_step: int, total_steps: int, tensorboard: bool, progress: bool):
+        """start_step > 0 continues a resumed run: records of later steps (written after the checkpoint,
+        before a crash) are dropped from the files and from TensorBoard, so every step appears once."""
         self.enabled = rank == 0
         self.run_dir = Path(run_dir)
         self._tb = None
@@ -59,16 +80,19 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _keep_steps_up_to(self.run_dir / name, start_step)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._samples = open(self.run_dir / "samples.jsonl", "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                     purge_step=start_step + 1 if start_step else None)
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, desc="grpo", unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -115,3 +139,12 @@ class MetricsWriter:
             self._tb.close()
         self._metrics.close()
         self._samples.close()
+
+
+def _keep_steps_up_to(path: Path, last_step: int) -> None:
+    """Rewrite a jsonl log keeping only records of steps <= last_step: a resumed run drops what came
+    after its checkpoint; a fresh run (last_step 0) in an old directory starts the log anew."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))

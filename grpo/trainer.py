@@ -18,11 +18,13 @@ import torch
 from grpo.algorithms import (ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, groups_with_signal,
                              kl_penalised_rewards, overlong_penalty, truncated_importance_weights, whiten)
 from grpo.batching import assign_advantages, build_micro_batches, local_counts, step_norm
+from grpo.checkpoint import load_checkpoint, remove_incomplete, resolve_resume, save_checkpoint
 from grpo.config import Config
 from grpo.data import PromptSampler, load_prompt_records
 from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb
 from grpo.errors import UserError
-from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks
+from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reflection_count
+from grpo.report import write_report
 from grpo.rewards import RewardFunction
 from grpo.rollout import ENGINES, build_rollout_engine
 from grpo.templates import load_user_templates, template_stop_strings
@@ -49,25 +51,34 @@ class Trainer:
                                                                                 cfg.data.templates_file or None)))
         self.sampler = PromptSampler(records, cfg.train.prompts_per_step, self.dist.rank, self.dist.world_size,
                                      seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+        self.data_sources = sorted({r.data_source for r in records})  # the same on every rank
         self.reward_fn = RewardFunction(cfg.reward.functions)
-        # The rollout engine is built first: it must load plain (unsharded) weights, before
-        # the training engine's HfDeepSpeedConfig makes from_pretrained shard under ZeRO-3.
+        # Rollout engine first, then the training engine: the order in which colocating vLLM with
+        # ZeRO-3 was verified (shared/notes/colocate-cpu.md, order A).
         self.rollout = build_rollout_engine(cfg, self.tokenizer, self.dist)
         from grpo.train.deepspeed import DeepSpeedTrainEngine
 
         self.train = DeepSpeedTrainEngine(cfg, self.dist)
-        # From here on the rollout engine only ever holds weights that came from the trainer (and may
-        # have started from dummy weights): the first push makes the two identical before step 1.
-        self.rollout.wake_weights()
-        push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
         _seed_everything(cfg.train.seed + self.dist.rank)
         self.step = 0
+        if self.dist.rank == 0:
+            for stale in remove_incomplete(self.run_dir):
+                print(f"checkpoint: removed {stale.name}, left by a save that did not finish", flush=True)
+        resume_from = resolve_resume(self.run_dir, cfg.checkpoint.resume)
+        if resume_from is not None:
+            self.step = load_checkpoint(self, resume_from)
+            if self.dist.rank == 0:
+                print(f"checkpoint: resumed from {resume_from} at step {self.step}", flush=True)
+        # From here on the rollout engine only ever holds weights that came from the trainer (and may
+        # have started from dummy weights): this push makes the two identical before the first step.
+        self.rollout.wake_weights()
+        push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
-        """Train for train.max_steps steps; returns the per-step metrics (identical on every rank)."""
+        """Train up to train.max_steps; returns this call's per-step metrics (identical on every rank)."""
         cfg = self.cfg
-        writer = MetricsWriter(str(self.run_dir), self.dist.rank, cfg.train.max_steps - self.step,
+        writer = MetricsWriter(str(self.run_dir), self.dist.rank, self.step, cfg.train.max_steps,
                                cfg.log.tensorboard, cfg.log.progress)
         history = []
         try:
@@ -77,11 +88,17 @@ class Trainer:
                 writer.log(self.step, metrics)
                 writer.log_samples(self.step, samples)
                 history.append(metrics)
+                every = cfg.checkpoint.every_steps
+                if every and (self.step % every == 0 or self.step == cfg.train.max_steps):
+                    path = save_checkpoint(self, self.step, cfg.checkpoint.keep)
+                    writer.message(f"checkpoint: saved {path}")
             if cfg.checkpoint.save_final:
                 self.train.save_hf(str(self.run_dir / "final"), self.tokenizer)
                 writer.message(f"saved the trained policy to {self.run_dir / 'final'}")
         finally:
             writer.close()
+        if self.dist.rank == 0:
+            print(f"report: {write_report(self.run_dir)}", flush=True)
         return history
 
     def train_step(self) -> tuple[dict[str, float], list[dict]]:
@@ -104,6 +121,8 @@ class Trainer:
         timer.seconds["step"] = time.perf_counter() - start
         sums.update(train_sums)
         sums.update(_reward_sums(rewards_PG, components, groups))
+        sums.update(self._per_source_sums(prompts, components))
+        sums["response/reflection_count"] = float(reflection_count([c.text for g in groups for c in g]))
         sums.update(local_counts(micro_batches))
         sums["response/tokens"] = float(sum(len(c.token_ids) for g in groups for c in g))
         if tries is not None:
@@ -159,6 +178,16 @@ class Trainer:
             rewards.append([r.score + float(pen) for r, pen in zip(results, penalty_G)])
             components += [{**r.components, "overlong_penalty": float(pen)} for r, pen in zip(results, penalty_G)]
         return torch.tensor(rewards, dtype=torch.float32), components
+
+    def _per_source_sums(self, prompts: list[PromptRecord], components: list[dict[str, float]]) -> dict[str, float]:
+        """Accuracy sums and counts per data source; every rank emits every source so the keys match."""
+        n = self.cfg.rollout.n
+        sums = {f"source/{name}/{kind}": 0.0 for name in self.data_sources for kind in ("accuracy_sum", "count")}
+        for p, record in enumerate(prompts):
+            sums[f"source/{record.data_source}/accuracy_sum"] += sum(c.get("accuracy", 0.0)
+                                                                     for c in components[p * n:(p + 1) * n])
+            sums[f"source/{record.data_source}/count"] += n
+        return sums
 
     def _reference_and_old_logprobs(self, micro_batches: list[MicroBatch]) -> None:
         """Frozen reference logprobs (KL) and, when any update would not be on-policy, the old ones."""
@@ -293,6 +322,12 @@ class Trainer:
         if self.cfg.algo.importance_cap > 0:
             metrics["rollout/importance_weight_mean"] = weight_sum / max(loss_tokens, 1.0)
             metrics["rollout/importance_capped_frac"] = capped / max(loss_tokens, 1.0)
+        metrics["response/reflection_rate"] = total.pop("response/reflection_count") / count
+        for name in self.data_sources:
+            seen = total.pop(f"source/{name}/count")
+            accuracy = total.pop(f"source/{name}/accuracy_sum")
+            if seen:
+                metrics[f"reward/accuracy/{name}"] = accuracy / seen
         metrics.update(total)  # phase times and memory peaks (max over ranks), dynamic-sampling counts
         return metrics
 

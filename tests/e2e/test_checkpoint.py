@@ -1,0 +1,120 @@
+"""End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume, a SIGKILL during a save,
+and export of a checkpoint to a Hugging Face folder.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from cli import REPO, cli_env, run_cli, tiny_overrides
+
+RECIPE = "recipes/countdown_tiny.yaml"
+# Everything but wall-clock time, memory and throughput must repeat exactly on CPU in fp32.
+VOLATILE = ("time/", "memory/", "throughput/")
+
+
+def train(tiny_dir, plugin, run_dir, steps, *extra):
+    result = run_cli(["launch/run.py", RECIPE, *tiny_overrides(tiny_dir, run_dir), f"train.max_steps={steps}",
+                      "reward.functions=[digit_reward:digit_share]", "train.lr=1.0e-3", *extra],
+                     cli_env(plugin), torchrun=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, reward_plugin_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny_dir, reward_plugin_dir, run_dir, 4, "checkpoint.every_steps=2")
+    return run_dir
+
+
+def test_resume_repeats_the_uninterrupted_run(uninterrupted, tiny_dir, reward_plugin_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_dir, reward_plugin_dir, run_dir, 2, "checkpoint.every_steps=2")
+    resumed = train(tiny_dir, reward_plugin_dir, run_dir, 4, "checkpoint.every_steps=2")
+    assert "resumed from" in resumed.stdout and "step_00000002 at step 2" in resumed.stdout
+    straight, split = metrics(uninterrupted), metrics(run_dir)
+    assert [m["step"] for m in split] == [1, 2, 3, 4]  # each step logged once across the two runs
+    for a, b in zip(straight[2:], split[2:]):
+        for key, value in a.items():
+            if not key.startswith(VOLATILE):
+                assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+def test_exported_checkpoint_equals_the_trained_model(uninterrupted, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "export"
+    done = subprocess.run([sys.executable, "launch/export.py", str(uninterrupted / "checkpoints" / "step_00000004"),
+                           str(out)], cwd=REPO, env=cli_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    # final/ was gathered from the live ZeRO-3 engine at step 4, the export merged the saved shards
+    final = AutoModelForCausalLM.from_pretrained(uninterrupted / "final", dtype=torch.float32)
+    ids = torch.arange(3, 40).unsqueeze(0)
+    torch.testing.assert_close(exported(ids).logits, final(ids).logits, rtol=0, atol=1e-6)
+
+
+def test_export_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
+    done = subprocess.run([sys.executable, "launch/export.py", str(tmp_path), str(tmp_path / "out")], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True)
+    assert done.returncode == 2 and "is not a grpo checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def _kill_during_a_save(tiny_dir, plugin, run_dir) -> bool:
+    """Start a long run saving every step; SIGKILL it while a save's temporary folder exists."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "launch/run.py",
+           RECIPE, *tiny_overrides(tiny_dir, run_dir), "train.max_steps=200", "checkpoint.every_steps=1",
+           "checkpoint.keep=3", "reward.functions=[digit_reward:digit_share]"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(plugin), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill_everything():
+        # torchrun starts each worker in a session of its own, so kill the workers themselves, as a
+        # machine failure would, then the launcher
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)
+
+    root = run_dir / "checkpoints"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            complete = list(root.glob("step_*")) if root.exists() else []
+            if len(complete) >= 2 and list(root.glob(".tmp_step_*")):
+                kill_everything()
+                break
+            time.sleep(0.001)
+    finally:
+        if proc.poll() is None:
+            kill_everything()
+        proc.wait()
+    time.sleep(0.5)  # let the killed workers' files settle before looking
+    return bool(list(root.glob(".tmp_step_*")))
+
+
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tiny_dir, reward_plugin_dir, tmp_path):
+    for attempt in range(3):  # the kill must land inside a save (tens of ms); retry if a save won the race
+        run_dir = tmp_path / f"run{attempt}"
+        if _kill_during_a_save(tiny_dir, reward_plugin_dir, run_dir):
+            break
+    else:
+        pytest.fail("never caught a save in progress in 3 tries")
+    root = run_dir / "checkpoints"
+    last = max(int(p.name.split("_")[1]) for p in root.glob("step_*"))
+    resumed = train(tiny_dir, reward_plugin_dir, run_dir, last + 1, "checkpoint.every_steps=1", "checkpoint.keep=3")
+    assert "removed .tmp_step_" in resumed.stdout
+    assert f"resumed from {root / f'step_{last:08d}'} at step {last}" in resumed.stdout
+    assert [m["step"] for m in metrics(run_dir)] == list(range(1, last + 2))
+    assert not list(root.glob(".tmp_step_*"))
