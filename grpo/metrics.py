@@ -110,6 +110,20 @@ class MetricsWriter:
                                   len=f"{metrics.get('response/length_mean', 0):.0f}",
                                   s=f"{metrics.get('time/step', 0):.1f}")
 
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Evaluation results: TensorBoard scalars at `step`, and LOG_DIR/eval.json keyed "step N"."""
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        path = self.run_dir / "eval.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results = {label: r for label, r in results.items() if int(label.split()[-1]) < step}  # a resumed run redoes later ones
+        results[f"step {step}"] = metrics
+        path.write_text(json.dumps(results, indent=1))
+
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled or not samples:
             return

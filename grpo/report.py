@@ -52,10 +52,11 @@ def eval_table(results: dict[str, float]) -> list[str]:
             table.setdefault(parts[1], {})[parts[2]] = value
     if not table:
         return []
-    columns = sorted({c for row in table.values() for c in row}, key=lambda c: (c != "n", c))
+    is_rate = lambda column: "@" in column  # pass@1, avg@k, maj@k, pass@k are fractions; n and length are not
+    columns = sorted({c for row in table.values() for c in row}, key=lambda c: (is_rate(c), c))
     lines = ["| benchmark | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in sorted(table.items()):
-        cells = [f"{row[c]:.0f}" if c == "n" else f"{100 * row[c]:.1f}" if c in row else "" for c in columns]
+        cells = ["" if c not in row else f"{100 * row[c]:.1f}" if is_rate(c) else f"{row[c]:.4g}" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -79,7 +80,7 @@ def write_report(run_dir: str | Path) -> Path:
         for label, results in evals.items():
             table = eval_table(results)
             if table:
-                lines += [f"## Evaluation: {label} (percent)", "", *table, ""]
+                lines += [f"## Evaluation: {label} (rates in percent)", "", *table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")

@@ -23,6 +23,7 @@ from grpo.config import Config
 from grpo.data import PromptSampler, load_prompt_records
 from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb
 from grpo.errors import UserError
+from grpo.evaluate import Evaluator, format_table, should_evaluate
 from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reflection_count
 from grpo.report import write_report
 from grpo.rewards import RewardFunction
@@ -53,6 +54,7 @@ class Trainer:
                                      seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.data_sources = sorted({r.data_source for r in records})  # the same on every rank
         self.reward_fn = RewardFunction(cfg.reward.functions)
+        self.evaluator = (Evaluator.from_config(cfg, self.tokenizer, self.dist) if cfg.eval.files else None)
         # Rollout engine first, then the training engine: the order in which colocating vLLM with
         # ZeRO-3 was verified (shared/notes/colocate-cpu.md, order A).
         self.rollout = build_rollout_engine(cfg, self.tokenizer, self.dist)
@@ -82,9 +84,13 @@ class Trainer:
                                cfg.log.tensorboard, cfg.log.progress)
         history = []
         try:
+            if self.step == 0 and self._eval_due(0):
+                self._evaluate(writer, 0)
             while self.step < cfg.train.max_steps:
                 self.step += 1
                 metrics, samples = self.train_step()
+                if self._eval_due(self.step):
+                    metrics.update(self._evaluate(writer, self.step))
                 writer.log(self.step, metrics)
                 writer.log_samples(self.step, samples)
                 history.append(metrics)
@@ -100,6 +106,20 @@ class Trainer:
         if self.dist.rank == 0:
             print(f"report: {write_report(self.run_dir)}", flush=True)
         return history
+
+    def _eval_due(self, step: int) -> bool:
+        ev = self.cfg.eval
+        return self.evaluator is not None and should_evaluate(step, self.cfg.train.max_steps, ev.every_steps,
+                                                              ev.at_start, ev.at_end)
+
+    def _evaluate(self, writer: MetricsWriter, step: int) -> dict[str, float]:
+        """The eval benchmarks through the rollout engine, sharded over ranks (collective)."""
+        generation_mode(self.train, self.rollout)
+        metrics = self.evaluator.run(self.rollout)
+        training_mode(self.rollout)
+        writer.log_eval(step, metrics)
+        writer.message(f"evaluation at step {step}:\n{format_table(metrics)}")
+        return metrics
 
     def train_step(self) -> tuple[dict[str, float], list[dict]]:
         cfg, algo, timer, start = self.cfg, self.cfg.algo, PhaseTimer(), time.perf_counter()
