@@ -31,5 +31,6 @@ setup(
         "vllm": ["vllm==0.32.0"],
         "npu": ["torch_npu"],
         "dev": ["pytest"],
+        "bench": ["math-verify==0.9.0"],
     },
 )

@@ -159,6 +159,14 @@ class AlgoConfig:
 class RewardConfig:
     functions: list[str] = field(default_factory=list)
     """User reward functions as package.module:function; empty routes by each row's data_source."""
+    format_weight: float = 0.0
+    """Math and gsm8k score = accuracy + this times the format check (countdown, multiply keep TinyZero's 0.1)."""
+    format_mode: Literal["strict", "loose", "think_answer"] = "strict"
+    """Format check: strict (think block, then an answer block holding a boxed answer), loose, or think_answer."""
+    timeout_s: float = 5.0
+    """Hard limit in seconds on scoring one completion; a timeout scores 0 and is counted as reward/timeouts."""
+    num_workers: int = 2
+    """Worker processes per rank that score completions (each call runs in one, under timeout_s)."""
 
 
 @dataclass

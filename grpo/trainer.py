@@ -53,7 +53,7 @@ class Trainer:
         self.sampler = PromptSampler(records, cfg.train.prompts_per_step, self.dist.rank, self.dist.world_size,
                                      seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.data_sources = sorted({r.data_source for r in records})  # the same on every rank
-        self.reward_fn = RewardFunction(cfg.reward.functions)
+        self.reward_fn = RewardFunction.from_config(cfg.reward)
         self.evaluator = (Evaluator.from_config(cfg, self.tokenizer, self.dist) if cfg.eval.files else None)
         # Rollout engine first, then the training engine: the order in which colocating vLLM with
         # ZeRO-3 was verified (shared/notes/colocate-cpu.md, order A).
@@ -161,6 +161,7 @@ class Trainer:
         """
         algo, need = self.cfg.algo, self.cfg.derived.prompts_per_rank
         kept, dropped, tries = [], [], 0
+        self._scoring_counts: dict[str, float] = {}
         while True:
             tries += 1
             prompts = self.sampler.next_batch()
@@ -184,20 +185,22 @@ class Trainer:
         chosen = kept[:need] + dropped[:filled]
         stats = {"dynamic/tries": float(tries), "dynamic/filled_groups": float(filled),
                  "dynamic/dropped_groups": float(len(dropped))} if algo.dynamic_sampling else {}
+        stats.update(self._scoring_counts)  # reward/timeouts and reward/errors, summed over ranks
         return ([c[0] for c in chosen], [c[1] for c in chosen], torch.stack([c[2] for c in chosen]),
                 [comp for c in chosen for comp in c[3]], stats)
 
     def _score(self, prompts: list[PromptRecord], groups: list[list[Completion]]):
+        """Rewards (in the scoring pool, under its per-sample timeout) plus DAPO's overlong shaping."""
         algo, max_len = self.cfg.algo, self.cfg.rollout.max_new_tokens
-        rewards, components = [], []
-        for record, group in zip(prompts, groups):
-            results = [self.reward_fn(record.data_source, c.text, record.ground_truth, record.prompt_text)
-                       for c in group]
-            lengths_G = torch.tensor([len(c.token_ids) for c in group])
-            penalty_G = overlong_penalty(lengths_G, max_len, algo.overlong_buffer, algo.overlong_penalty)
-            rewards.append([r.score + float(pen) for r, pen in zip(results, penalty_G)])
-            components += [{**r.components, "overlong_penalty": float(pen)} for r, pen in zip(results, penalty_G)]
-        return torch.tensor(rewards, dtype=torch.float32), components
+        items = [(record.data_source, c.text, record.ground_truth, record.prompt_text)
+                 for record, group in zip(prompts, groups) for c in group]
+        results, counts = self.reward_fn.score_batch(items)
+        lengths = torch.tensor([len(c.token_ids) for group in groups for c in group])
+        penalty = overlong_penalty(lengths, max_len, algo.overlong_buffer, algo.overlong_penalty)
+        rewards = torch.tensor([r.score for r in results], dtype=torch.float32) + penalty
+        components = [{**r.components, "overlong_penalty": float(p)} for r, p in zip(results, penalty)]
+        self._scoring_counts = {k: self._scoring_counts.get(k, 0.0) + v for k, v in counts.items()}
+        return rewards.view(len(prompts), -1), components
 
     def _per_source_sums(self, prompts: list[PromptRecord], components: list[dict[str, float]]) -> dict[str, float]:
         """Accuracy sums and counts per data source; every rank emits every source so the keys match."""

@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from grpo.errors import UserError
+from grpo.rewards.extract import last_answer_block
 from grpo.types import RewardResult
 
 CORRECT_SCORE = 1.0
@@ -34,7 +35,6 @@ FORMAT_SCORE = 0.1  # TinyZero's reward for a well-formed but wrong answer
 MAX_EQUATION_CHARS = 200
 MAX_NUMBERS = 20
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ALLOWED_RE = re.compile(r"^[\d+\-*/().\s]+$")  # TinyZero's allowed character set
 _INTEGER_RE = re.compile(r"\d+")
 
@@ -56,8 +56,10 @@ class _NotEvaluable(Exception):
 
 def extract_answer(response: str) -> str | None:
     """The stripped text inside the last <answer>...</answer> of `response`, or None."""
-    matches = _ANSWER_RE.findall(response)
-    return matches[-1].strip() if matches else None
+    # string search, not re.findall("<answer>(.*?)</answer>"): that regex rescans to the end of
+    # the text for every unclosed tag, quadratic on an output of thousands of "<answer>"
+    block = last_answer_block(response)
+    return block.strip() if block is not None else None
 
 
 def _evaluate(node: ast.AST) -> Fraction:

@@ -5,7 +5,8 @@ The order follows what R1-Zero templates ask for and what graders of MATH-style 
 2. else the last `\\boxed{...}` / `\\fbox{...}` anywhere;
 3. else the last "answer is ..." / "Answer: ..." phrase, up to the end of its sentence;
 4. else the whole output, when it is short and on one line (a bare answer such as "3/4").
-Everything here is regex and brace counting: linear in the length of the text, never evaluated.
+Everything here is string search and brace counting, linear in the length of the text (no
+regex that can backtrack over a 30,000-character output), and nothing is ever evaluated.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import re
 
 # A bare output longer than this, or spanning lines, is prose rather than an answer.
 MAX_BARE_CHARS = 200
+# How many of the last \boxed occurrences to try when the very last one is unclosed, and how much
+# of the line after "answer is" to read: both keep the work linear in the text.
+MAX_BOXED_TRIES = 5
+MAX_PHRASE_CHARS = 500
 
-_ANSWER_BLOCK_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
 # "The final answer is $x$.", "Answer: 12", "the answer is: 3". The capture runs to the end of
 # its line; `_cut_sentence` trims what follows the answer itself.
 _PHRASE_RE = re.compile(r"answer\s*(?:is\b|:)\s*:?\s*(.+)", re.IGNORECASE)
-_DOLLAR_RE = re.compile(r"\$\$?(.+?)\$\$?", re.DOTALL)
+_DOLLAR_RE = re.compile(r"(?<!\\)\$\$?(.+?)(?<!\\)\$\$?", re.DOTALL)  # "\$" is a dollar sign, not math
 
 
 def matching_brace(text: str, start: int) -> int:
@@ -45,7 +49,7 @@ def matching_brace(text: str, start: int) -> int:
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` or `\\fbox{...}` (or `\\boxed 5`), or None."""
     matches = list(_BOXED_RE.finditer(text))
-    for match in reversed(matches):  # the last one that is well formed
+    for match in reversed(matches[-MAX_BOXED_TRIES:]):  # the last one that is well formed
         i = match.end()
         while i < len(text) and text[i] == " ":
             i += 1
@@ -62,7 +66,7 @@ def last_boxed(text: str) -> str | None:
 
 def _cut_sentence(tail: str) -> str:
     """The answer at the start of `tail`: the first $...$ if any, else up to a sentence end."""
-    tail = tail.strip()
+    tail = tail[:MAX_PHRASE_CHARS].strip()
     dollar = _DOLLAR_RE.search(tail)
     if dollar and dollar.start() <= 2:  # "is $x$." or "is: $x$"
         return dollar.group(1).strip()
@@ -80,11 +84,19 @@ def answer_phrase(text: str) -> str | None:
     return found or None
 
 
+def last_answer_block(text: str) -> str | None:
+    """The content of the last closed `<answer>...</answer>`, or None."""
+    end = text.rfind("</answer>")
+    if end == -1:
+        return None
+    start = text.rfind("<answer>", 0, end)
+    return None if start == -1 else text[start + len("<answer>"):end]
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer of a model output or bare answer (see the module docstring), or None."""
-    blocks = _ANSWER_BLOCK_RE.findall(text)
-    if blocks:
-        block = blocks[-1]
+    block = last_answer_block(text)
+    if block is not None:
         boxed = last_boxed(block)
         if boxed is not None:
             return boxed

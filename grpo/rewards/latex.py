@@ -52,9 +52,13 @@ _SUBSTITUTIONS = [
     (re.compile(r"\\(?:hspace|vspace|phantom|hphantom|vphantom)\*?\{[^{}]*\}"), ""),
     # degrees: 30^\circ, 30^{\circ}, 30\circ, 30\degree
     (re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])"), ""),
+    # base subscripts in parentheses: 111111_{(2)} -> 111111_2
+    (re.compile(r"_\{\((\d+)\)\}"), r"_\1"),
+    # one-character exponents and subscripts need no braces: x^{2} -> x^2, a_{1} -> a_1
+    (re.compile(r"([\^_])\{\s*([a-zA-Z0-9])\s*\}"), r"\1\2"),
     (re.compile(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime(?![a-zA-Z])"), "'"),
     # spacing commands
-    (re.compile(r"\\(?:quad|qquad)(?![a-zA-Z])|\\[!,;: ]|~"), " "),
+    (re.compile(r"\\(?:quad|qquad)(?![a-zA-Z])|(?<!\\)\\[!,;: ]|~"), " "),  # not the \\\\ row break
     (re.compile(r"\\lbrace(?![a-zA-Z])"), r"\\{"),
     (re.compile(r"\\rbrace(?![a-zA-Z])"), r"\\}"),
     (re.compile(r"\\(?:lvert|rvert|vert|mid)(?![a-zA-Z])|\\\|"), "|"),
@@ -77,7 +81,8 @@ _UNWRAP_COMMANDS = ("mathrm", "mathbf", "mathit", "mathsf", "mathbb", "boldsymbo
 # Text wrappers: a whole-answer text is the answer; inside math it is a unit or a remark.
 _TEXT_COMMANDS = ("text", "textbf", "textit", "textrm", "textsf", "texttt", "mbox", "hbox", "emph")
 _WRAPPER_RE = re.compile(r"\\(" + "|".join(_UNWRAP_COMMANDS + _TEXT_COMMANDS) + r")\s*\{")
-_CONNECTORS = {"and", "or", ",", "and/or", "or,"}
+_CONNECTORS = {"and", "or", "", "and/or"}  # compared after stripping spaces and commas
+_AFTER_OPERAND_RE = re.compile(r"[\w})\].]\s*$")
 
 # Units that may follow a number in bare text ("5 cm", "18 dollars"). Single letters (m, s, g)
 # are left alone: after a number they are just as likely a variable (5m = 5*m).
@@ -97,6 +102,7 @@ _UNIT_RE = re.compile(
 _PERCENT_RE = re.compile(r"\\%|%|(?<![a-zA-Z])percent(?![a-zA-Z])")
 _TEXT_ANSWER_RE = re.compile(r"[A-Za-z][A-Za-z '\-]*")
 _IN_PREFIX_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*\\in(?![a-zA-Z])\s*")
+_ARGUMENT_COMMAND_RE = re.compile(r"\\(frac|binom|sqrt)(?![a-zA-Z])")
 _MATH_HINT_RE = re.compile(r"[\d\\=(]")
 _CONNECTOR_WORD_RE = re.compile(r"(?<![a-zA-Z\\])(?:or|and)(?![a-zA-Z])")
 _SPACE_KEY_RE = re.compile(r"(?<=[^a-zA-Z]) | (?=[^a-zA-Z])")
@@ -128,15 +134,17 @@ def _replace_wrappers(text: str) -> tuple[str, bool]:
         out.append(text[pos:match.start()])
         if match.group(1) in _UNWRAP_COMMANDS:
             out.append(" " + inner + " ")
-        elif inner.strip().lower() in _CONNECTORS:
+        elif inner.strip(" ,").lower() in _CONNECTORS:
             out.append(",")
-        else:
-            # a unit or a remark inside math ("5\text{ cm}^2", "\frac{270}7\text{ degrees}"):
+        elif _AFTER_OPERAND_RE.search("".join(out)):
+            # a unit or a remark after a value ("5\text{ cm}^2", "\frac{270}7\text{ degrees}"):
             # drop it, and an exponent written on the unit with it
             rest = re.match(r"\s*\^\s*(?:\{[^{}]*\}|-?\d)", text[end + 1:])
             if rest:
                 end += rest.end()
             out.append(" ")
+        else:  # words standing for a value: "(\text{H})", "\text{A5}_{11}"
+            out.append(" " + inner + " ")
         pos = end + 1
     out.append(text[pos:])
     return "".join(out), False
@@ -151,7 +159,7 @@ def brace_arguments(text: str) -> str:
         return text
     pos = 0
     for _ in range(500):
-        match = re.compile(r"\\(frac|binom|sqrt)(?![a-zA-Z])").search(text, pos)
+        match = _ARGUMENT_COMMAND_RE.search(text, pos)
         if not match:
             break
         i = match.end()
@@ -193,6 +201,7 @@ def normalize(answer: str) -> Normalized:
     text = text.replace("\\$", " ").replace("$", " ")
     for pattern in (r"^\\\(", r"\\\)$", r"^\\\[", r"\\\]$"):
         text = re.sub(pattern, "", text.strip())
+    text = re.sub(r"(?<!\\)[\s.,;]+$", "", text)  # "\text{(E)}," is a whole-text answer; "\," is a space
     text, is_text = _replace_wrappers(text)
     for pattern, replacement in _SUBSTITUTIONS:
         text = pattern.sub(replacement, text)
@@ -206,6 +215,7 @@ def normalize(answer: str) -> Normalized:
         text = brace_arguments(text)
         text = _IN_PREFIX_RE.sub("", text.strip())
     text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r",(?:\s*,)+", ",", text)  # "2, 3, \text{ and } 4" left an empty item
     # a sentence's final period or comma, and a leading "=" ("= 5", "\approx 5")
     text = re.sub(r"^(?:=|\\approx(?![a-zA-Z]))\s*", "", text)
     text = re.sub(r"[\s.,;]+$", "", text)

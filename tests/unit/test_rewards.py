@@ -1,4 +1,4 @@
-"""Unit tests for grpo.rewards: countdown scoring, the format check, routing and user functions.
+"""Unit tests for grpo.rewards: countdown, multiply and gsm8k scoring, format checks, routing, user functions.
 
 Countdown scores follow TinyZero: 1.0 correct, 0.1 tagged and well-formed but wrong, 0.0 no
 usable answer. Each expected value says which rule produces it.
@@ -10,8 +10,15 @@ import pytest
 
 from grpo.errors import UserError
 from grpo.rewards import (
+    FORMAT_CHECKS,
+    SCORERS,
     RewardFunction,
+    ScoreSettings,
+    answer_key,
     check_format,
+    check_format_loose,
+    check_format_strict,
+    kind_of,
     load_reward_function,
     score,
     score_countdown,
@@ -286,3 +293,116 @@ def test_reward_function_bad_return_type(user_module):
 def test_reward_function_rejects_a_bare_string():
     with pytest.raises(UserError, match="list"):
         RewardFunction("my_rewards:exact")
+
+
+# ---------------------------------------------------------------- format checks (strict / loose)
+
+
+@pytest.mark.parametrize("response, prompt, strict, loose", [
+    (r"<think>a</think><answer>so \boxed{1}</answer>", "", 1.0, 1.0),
+    (r"<think>a</think><answer>1</answer>", "", 0.0, 1.0),  # no box: not strict
+    (r"<think>a</think> blah <answer>\boxed{1}</answer> more", "", 0.0, 1.0),  # extra text: loose only
+    (r"<think>a</think> the answer is \boxed{7}", "", 0.0, 1.0),  # box after the thought
+    (r"<think>a \boxed{7}</think>", "", 0.0, 0.0),  # boxed only inside the thought
+    (r"\boxed{7}", "", 0.0, 0.0),  # no thought at all
+    (r" r</think><answer>\boxed{2}</answer>", "Assistant: <think>", 1.0, 1.0),  # prompt opens <think>
+    (r"<think>a</think><answer>\boxed{1</answer>", "", 0.0, 1.0),  # unclosed box: not strict
+])
+def test_strict_and_loose_format(response, prompt, strict, loose):
+    assert check_format_strict(response, prompt) == strict
+    assert check_format_loose(response, prompt) == loose
+    assert FORMAT_CHECKS["strict"] is check_format_strict and FORMAT_CHECKS["loose"] is check_format_loose
+
+
+def test_format_checks_are_linear_on_many_tags():
+    import time
+
+    text = "</think>" + "<answer>" * 20000
+    start = time.perf_counter()
+    assert check_format_loose(text) == 0.0 and check_format_strict(text) == 0.0
+    assert time.perf_counter() - start < 0.5
+
+
+# ---------------------------------------------------------------- math, gsm8k, multiply scores
+
+MATH_OK = r"<think>half</think><answer>\boxed{\frac{1}{2}}</answer>"
+
+
+def test_math_score_is_accuracy_plus_weighted_format():
+    # correct and strictly formatted: 1 + 0.1 * 1
+    r = score("math", MATH_OK, "0.5", "", ScoreSettings(format_weight=0.1))
+    assert r.score == pytest.approx(1.1) and r.components == {"accuracy": 1.0, "format": 1.0}
+    # default weight 0: accuracy only (DeepScaleR / verl math)
+    assert score("deepscaler", MATH_OK, "0.5").score == 1.0
+    # wrong but formatted: 0 + 0.1
+    assert score("math500", MATH_OK, "0.25", "", ScoreSettings(format_weight=0.1)).score == pytest.approx(0.1)
+    # correct, answer tag without a box: strict says 0, loose says 1
+    bare = "<think>half</think><answer>1/2</answer>"
+    assert score("math", bare, "0.5", "", ScoreSettings(0.5, "strict")).score == 1.0
+    assert score("math", bare, "0.5", "", ScoreSettings(0.5, "loose")).score == 1.5
+    with pytest.raises(UserError, match="format_mode"):
+        ScoreSettings(0.1, "strictest")
+
+
+@pytest.mark.parametrize("response, truth, expected", [
+    ("She makes 9 * 2 = $18 every day.\n#### 18", "#### 18", True),  # the dataset's own convention
+    ("#### 1,200", "1200", True),
+    (r"<answer>\boxed{\$1,200.00}</answer>", "#### 1,200", True),  # gold may carry commas too
+    ("The answer is 18 dollars.", 18, True),
+    ("I think 17, no wait, 18", "18", True),  # flexible: the last number
+    ("18.5", "18", False),
+    ("#### 17\nactually 18", "18", False),  # an explicit #### wins over later numbers
+    ("<think>18</think> no idea", "18", False),  # numbers in the thought do not count
+    ("-3", "-3", True),
+])
+def test_gsm8k(response, truth, expected):
+    from grpo.rewards.gsm8k import verify_gsm8k
+
+    assert verify_gsm8k(response, truth) is expected
+
+
+def test_gsm8k_bad_ground_truth():
+    from grpo.rewards.gsm8k import verify_gsm8k
+
+    with pytest.raises(UserError, match="gsm8k ground_truth"):
+        verify_gsm8k("#### 1", "forty-two")
+
+
+@pytest.mark.parametrize("response, score_value, accuracy", [
+    ("<answer>56088</answer>", 1.0, 1.0),  # 123 * 456 = 56088
+    ("<answer>56,088</answer>", 1.0, 1.0),  # thousands commas accepted
+    (r"<answer>\boxed{56088}</answer>", 1.0, 1.0),
+    ("<answer>56089</answer>", 0.1, 0.0),  # TinyZero's format score: an integer, but wrong
+    ("<answer>123*456</answer>", 0.0, 0.0),  # an expression is not an answer
+    ("56088", 0.0, 0.0),  # no answer tag: TinyZero gives nothing
+])
+def test_multiply_scores_like_tinyzero(response, score_value, accuracy):
+    r = score("multiply", response, 56088)
+    assert r.score == pytest.approx(score_value) and r.components["accuracy"] == accuracy
+
+
+def test_multiply_verify_takes_bare_answers_and_checks_the_gold():
+    from grpo.rewards.multiply import verify_multiply
+
+    assert verify_multiply("56088", "56088") and verify_multiply(r"\boxed{56,088}", 56088.0)
+    assert not verify_multiply("56088.5", 56088)
+    with pytest.raises(UserError, match="multiply ground_truth"):
+        verify_multiply("1", "12.5")
+
+
+def test_public_data_source_names_route_to_kinds():
+    assert kind_of("openai/gsm8k") == "gsm8k" and kind_of("lighteval/MATH") == "math"
+    assert kind_of("aime24") == "math" and kind_of("arithmetic") == "multiply"
+    with pytest.raises(UserError, match="no correctness check"):
+        kind_of("chess")
+    for name in ("countdown", "gsm8k", "math", "multiply", "deepscaler", "HuggingFaceH4/MATH-500"):
+        assert name in SCORERS
+
+
+def test_answer_key_for_majority_voting():
+    # same canonical spelling -> same vote; \dfrac12 and \frac{1}{2} agree
+    assert answer_key("math", r"\boxed{\dfrac12}") == answer_key("math", r"<answer>\frac{1}{2}</answer>")
+    assert answer_key("gsm8k", "#### 1,200") == answer_key("gsm8k", "The answer is 1200.") == "1200"
+    assert answer_key("multiply", "<answer>7</answer>") == "7"
+    assert answer_key("countdown", "<answer>1 + 2</answer>") == "1+2"
+    assert answer_key("math", "nothing\nhere") is None

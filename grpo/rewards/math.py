@@ -1,0 +1,51 @@
+"""MATH-style answers (MATH, MATH-500, AIME, AMC, DeepScaleR, OlympiadBench, Minerva): extract, compare.
+
+`verify_math(response, ground_truth)` extracts the response's final answer (extract.py) and asks
+equivalence.py whether it is the gold answer. Gold answers come in every shape the public data
+uses: a LaTeX string ("\\frac{14}{3}"), a solution whose last `\\boxed{}` holds the answer, a float
+(DeepScaleR's AMC file stores 142.0), or a list of acceptable alternatives (Minerva stores
+["6630.65", "6630"]); any alternative may match.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from grpo.errors import UserError
+from grpo.rewards.equivalence import equivalent
+from grpo.rewards.extract import extract_answer, last_boxed
+
+
+def gold_answers(ground_truth: Any) -> list[str]:
+    """The acceptable gold answers of a row, as strings."""
+    if isinstance(ground_truth, str):
+        text = ground_truth.strip()
+        boxed = last_boxed(text) if "\\boxed" in text or "\\fbox" in text else None
+        answers = [boxed if boxed is not None else text]
+    elif isinstance(ground_truth, bool):
+        answers = []
+    elif isinstance(ground_truth, numbers.Integral):
+        answers = [str(int(ground_truth))]
+    elif isinstance(ground_truth, numbers.Real):
+        value = float(ground_truth)
+        answers = [str(int(value)) if value.is_integer() else repr(value)]
+    elif isinstance(ground_truth, (list, tuple)) or hasattr(ground_truth, "tolist"):
+        items = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
+        answers = [a for item in items for a in gold_answers(item)]
+    else:
+        answers = []
+    answers = [a for a in answers if a]
+    if not answers:
+        raise UserError(
+            f"math ground_truth must be an answer string, a number or a list of them, got {ground_truth!r}"
+        )
+    return answers
+
+
+def verify_math(response: str, ground_truth: Any) -> bool:
+    """True when the response's final answer is equivalent to a gold answer."""
+    golds = gold_answers(ground_truth)
+    predicted = extract_answer(response)
+    if predicted is None:
+        return False
+    return any(equivalent(gold, predicted) for gold in golds)
