@@ -35,6 +35,6 @@ def run_cli(args: list[str], env: dict[str, str], torchrun: bool, timeout: int =
 
 def tiny_overrides(tiny_dir: Path, run_dir: Path) -> list[str]:
     return [f"model.path={tiny_dir / 'model'}", f"data.train_files=[{tiny_dir / 'countdown_train.parquet'}]",
-            f"log.dir={run_dir}", "log.progress=false"]
+            f"log.dir={run_dir}", "log.progress=false", "eval.files=[]"]
 
 
