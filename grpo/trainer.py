@@ -20,7 +20,7 @@ from grpo.algorithms import (ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLIC
 from grpo.batching import assign_advantages, build_micro_batches, local_counts, step_norm
 from grpo.checkpoint import load_checkpoint, remove_incomplete, resolve_resume, save_checkpoint
 from grpo.config import Config
-from grpo.data import PromptSampler, load_prompt_records
+from grpo.data import PromptSampler, load_prompt_records, load_tokenizer
 from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb
 from grpo.errors import UserError
 from grpo.evaluate import Evaluator, format_table, should_evaluate
@@ -41,7 +41,7 @@ class Trainer:
         self.run_dir = Path(cfg.log.dir)
         if self.dist.rank == 0:
             cfg.save(self.run_dir / "config.yaml")
-        self.tokenizer = _load_tokenizer(cfg.model.path)
+        self.tokenizer = load_tokenizer(cfg.model.path)
         templates = load_user_templates(cfg.data.templates_file) if cfg.data.templates_file else None
         records, report = load_prompt_records(cfg.data.train_files, cfg.data.template, self.tokenizer,
                                               cfg.data.max_prompt_length, templates, cfg.data.skip_malformed)
@@ -396,18 +396,6 @@ def _check_model_path(path: str) -> None:
     if looks_local and not Path(os.path.expanduser(path)).exists():
         raise UserError(f"model.path: no such folder {path!r}. Give a local model folder or a hub id like "
                         "'Qwen/Qwen2.5-0.5B'; build the tiny test model with: python launch/build_tiny.py --out .cache/tiny")
-
-
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.path: cannot load a tokenizer from {path!r}: {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _seed_everything(seed: int) -> None:

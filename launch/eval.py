@@ -86,20 +86,6 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    from grpo.errors import UserError
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model {path!r}: cannot load a tokenizer: {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def write_outputs(out: Path, metrics: dict[str, float], samples: list[dict], meta: dict, step: int) -> None:
     """OUT/eval.json, OUT/samples.jsonl and TensorBoard scalars at `step` in OUT/tensorboard (rank 0 only)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -123,6 +109,7 @@ def main(argv: list[str]) -> int:
     rank0 = os.environ.get("RANK", "0") == "0"
     try:
         cfg = build_config(args)
+        from grpo.data import load_tokenizer
         from grpo.device import init_distributed
         from grpo.evaluate import Evaluator, format_table, parse_benchmark_spec
         from grpo.rollout import build_rollout_engine

@@ -70,6 +70,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from grpo.data import write_parquet
     from grpo.data.dataset_config import load_dataset_config
+    from grpo.data.loader import load_tokenizer
     from grpo.data.prepare import apply_overrides, prepare, prompt_lengths, summary_lines
     from grpo.errors import UserError
     from grpo.templates import CHAT, load_user_templates
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
                               count=args.count, seed=args.seed)
         template = args.template or cfg.template
         templates = load_user_templates(args.templates_file) if args.templates_file else None
-        tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         out = Path(args.out or cfg.out or f"data/{cfg.name}")
         progress = not args.no_progress
         unit = f"tokens ({args.tokenizer})" if tokenizer else "characters (no --tokenizer given, so not tokens)"
@@ -102,17 +103,6 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0
-
-
-def _load_tokenizer(path: str):
-    from grpo.errors import UserError
-
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load a tokenizer from {path!r}: {str(e)[:300]}") from None
 
 
 if __name__ == "__main__":

@@ -293,3 +293,19 @@ class PromptSampler:
         if epoch < 0 or not 0 <= offset < len(self.records):
             raise UserError(f"data cursor epoch={epoch}, offset={offset} is outside {len(self.records)} records")
         self.epoch, self.offset = epoch, offset
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer (a local folder or hub id), with padding set to EOS when it has none.
+
+    A path that cannot be loaded is a UserError naming it, for every launcher alike.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a tokenizer from {path!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
