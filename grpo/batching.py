@@ -13,7 +13,8 @@ from grpo.types import Completion, MicroBatch, PromptRecord
 
 def build_micro_batches(prompts: list[PromptRecord], groups: list[list[Completion]], micro_batch_size: int,
                         pad_id: int, device: torch.device, mask_truncated: bool = False) -> list[MicroBatch]:
-    """Micro-batches of `micro_batch_size` sequences in prompt-major order (a group's samples adjacent).
+    """Micro-batches of `micro_batch_size` sequences in prompt-major order (a group's samples adjacent,
+    so the training forward can compute each shared prompt once: grpo/train/packing.py).
 
     With mask_truncated, completions cut at the length limit keep their place but count for nothing.
     """

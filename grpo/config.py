@@ -33,8 +33,8 @@ class ModelConfig:
     """Hugging Face hub id or local folder of the base model (weights + tokenizer)."""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Training and rollout precision; bfloat16 trains with fp32 master weights in the optimizer."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward: less memory, about a third more compute."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute activations in backward (less memory, about a third more compute); auto: on for models of 1B parameters or more."""
 
 
 @dataclass
@@ -107,6 +107,8 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage 0-3 for the policy and the reference model."""
+    pack_prompts: bool = True
+    """Training forwards lay each distinct prompt of a micro-batch out once, followed by its completions, when that saves FLOPs."""
     seed: int = 42
     """Seed of data order, sampling and initialisation."""
 
@@ -441,6 +443,8 @@ def _type_name(hint: Any) -> str:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
     if origin is Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(hint))
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 

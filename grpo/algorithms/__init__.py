@@ -6,10 +6,10 @@ names in the recipe (`algo.advantage`, `algo.policy_loss`, `algo.kl_estimator`, 
 """
 from grpo.algorithms.advantages import ADVANTAGES, whiten
 from grpo.algorithms.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, StepNorm
-from grpo.algorithms.logprobs import token_logprobs_and_entropy
+from grpo.algorithms.logprobs import gathered_logprobs_and_entropy, token_logprobs_and_entropy
 from grpo.algorithms.shaping import (groups_with_signal, kl_penalised_rewards, overlong_penalty,
                                      truncated_importance_weights)
 
 __all__ = ["ADVANTAGES", "POLICY_LOSSES", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "StepNorm", "whiten",
-           "token_logprobs_and_entropy", "groups_with_signal", "kl_penalised_rewards", "overlong_penalty",
-           "truncated_importance_weights"]
+           "token_logprobs_and_entropy", "gathered_logprobs_and_entropy", "groups_with_signal", "kl_penalised_rewards",
+           "overlong_penalty", "truncated_importance_weights"]

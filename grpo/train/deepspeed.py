@@ -16,7 +16,7 @@ from grpo.config import Config
 from grpo.device import DistInfo
 from grpo.errors import UserError
 from grpo.types import MicroBatch
-from grpo.algorithms import token_logprobs_and_entropy
+from grpo.train.packing import FlopModel, forward_layout, layout_logprobs
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -32,6 +32,17 @@ def deepspeed_config(cfg: Config, stage: int, train: bool) -> dict:
         "wall_clock_breakdown": False,
     }
     return ds
+
+
+# model.gradient_checkpointing=auto turns it on from this size: below it a micro-batch's activations
+# fit beside the weights on the accelerators we target, and recomputing them costs a third more compute.
+AUTO_CHECKPOINTING_PARAMS = 1_000_000_000
+
+
+def gradient_checkpointing_on(setting: bool | str, model) -> bool:
+    if setting == "auto":  # ds_numel: a ZeRO-3 parameter's full size (numel() is this rank's shard)
+        return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) >= AUTO_CHECKPOINTING_PARAMS
+    return bool(setting)
 
 
 def load_pretrained(path: str, dtype: torch.dtype):
@@ -69,7 +80,7 @@ class DeepSpeedTrainEngine:
         finally:
             del hf_ds_config
             unset_hf_deepspeed_config()
-        if cfg.model.gradient_checkpointing:
+        if gradient_checkpointing_on(cfg.model.gradient_checkpointing, model):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
@@ -79,6 +90,7 @@ class DeepSpeedTrainEngine:
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_train)
+        self._flops = FlopModel.from_config(model.config) if cfg.train.pack_prompts else None
         self.ref_engine = None
         if needs_reference:
             # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
@@ -88,14 +100,11 @@ class DeepSpeedTrainEngine:
             self.ref_engine.eval()
 
     # -- forward passes ----------------------------------------------------------------------
-    @staticmethod
-    def _logprobs(engine, mb: MicroBatch, temperature: float, with_entropy: bool, entropy_grad: bool = False):
-        logits_BLV = engine(input_ids=mb.input_ids_BL, attention_mask=mb.attention_mask_BL,
-                            position_ids=mb.position_ids_BL, use_cache=False).logits
-        P = mb.prompt_width
-        # the logits at column c predict the token at column c + 1
-        return token_logprobs_and_entropy(logits_BLV[:, P - 1:-1], mb.response_ids_BT, temperature, with_entropy,
-                                          entropy_grad)
+    def _logprobs(self, engine, mb: MicroBatch, temperature: float, with_entropy: bool, entropy_grad: bool = False):
+        # Packed (each distinct prompt once) when that is cheaper, and only the logits that predict
+        # response tokens: see grpo/train/packing.py.
+        layout = forward_layout(mb, self._flops, DTYPES[self.cfg.model.dtype])
+        return layout_logprobs(engine, mb, layout, temperature, with_entropy, entropy_grad)
 
     def policy_logprobs(self, mb: MicroBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Logprobs with autograd (for the loss) and entropies of the current policy."""
