@@ -63,6 +63,12 @@ class VLLMRolloutEngine:
             kwargs["kv_cache_memory_bytes"] = kv_cache_mb * 2**20
         if max_num_batched_tokens:
             kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+        if on_cpu:
+            # A prefill cut in two discards the token sampled after its first part and rewinds that
+            # request's seeded generator, which CPU generators cannot do ("CPU Generator does not use
+            # offset"): it crashed as soon as a batch's prompts outgrew the token budget (an eval of
+            # 128 prompts per rank). Unchunked, a prompt that does not fit waits for the next step.
+            kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(**kwargs)
         # LLM() re-applies vLLM's logging config, so this must come after it: each per-layer reload
         # warns about every layer it did not receive, which is expected when loading layer by layer.

@@ -30,3 +30,17 @@ def test_vllm_engine_tracks_the_trainer(tiny_dir, reward_plugin_dir, tmp_path, t
     spikes = [r for r in reports if "spiked_tokens" in r]
     # one prompt x n=4 x 8 new tokens per rank, every one the target token with logprob ~0
     assert len(spikes) == 2 and all(r["all_target"] and r["spiked_tokens"] == 32 for r in spikes), spikes
+
+
+def test_vllm_evaluates_more_prompt_tokens_than_one_step_takes(tiny_dir, tmp_path):
+    # 256 prompts of about 130 tokens: 128 per rank, 16k prompt tokens against vLLM's 4096-token step
+    # budget. A chunked prefill rewinds a seeded CPU generator, which crashed ("CPU Generator does not
+    # use offset") until the engine turned chunked prefill off on CPU.
+    out = tmp_path / "eval"
+    result = run_cli(["launch/eval.py", str(tiny_dir / "model"), "--benchmarks",
+                      f"cd={tiny_dir / 'countdown_test.parquet'}", "--template", "raw", "--dtype", "float32",
+                      "--engine", "vllm", "--k", "2", "--max-new-tokens", "8", "--out", str(out)],
+                     cli_env(), torchrun=True)
+    assert result.returncode == 0, result.stderr[-6000:]
+    metrics = json.loads((out / "eval.json").read_text())
+    assert json.dumps(metrics).count('"eval/cd/n": 256') >= 1, metrics
