@@ -104,11 +104,12 @@ class MetricsWriter:
                 self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if self._bar is not None:
-            self._bar.update(1)
+            # postfix first without a redraw, then one redraw by update: one line per step in a log file
             self._bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}",
                                   acc=f"{metrics.get('reward/accuracy', 0):.2f}",
                                   len=f"{metrics.get('response/length_mean', 0):.0f}",
-                                  s=f"{metrics.get('time/step', 0):.1f}")
+                                  s=f"{metrics.get('time/step', 0):.1f}", refresh=False)
+            self._bar.update(1)
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         """Evaluation results: TensorBoard scalars at `step`, and LOG_DIR/eval.json keyed "step N"."""
