@@ -52,17 +52,33 @@ def make_corpus(rows: list[dict]) -> list[str]:
     return corpus
 
 
-def build_tokenizer(corpus: list[str]):
-    """Byte-level BPE (vocab VOCAB_SIZE including specials and tags) wrapped as a transformers tokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def build_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE, qwen2_split: bool = False):
+    """Byte-level BPE (vocab `vocab_size` including specials and tags) wrapped as a transformers tokenizer.
+
+    qwen2_split=True trains with the pre-tokenizer and normalizer that transformers' Qwen2Tokenizer
+    installs when AutoTokenizer loads a folder whose config says qwen2 (it rebuilds them from vocab
+    and merges, ignoring tokenizer.json's): so the tokens seen in training are the tokens seen at
+    load time. Digits are then one token each, as in Qwen2.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen2_split:
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(TAG_TOKENS),  # the tags are added after training: total = VOCAB_SIZE
+        vocab_size=vocab_size - len(TAG_TOKENS),  # the tags are added after training: total = vocab_size
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -74,20 +90,21 @@ def build_tokenizer(corpus: list[str]):
     return hf_tok
 
 
-def build_model(tokenizer, seed: int):
-    """A random 2-layer Qwen2ForCausalLM sized for the tokenizer (vocab rounded up to a multiple of 64)."""
+def build_model(tokenizer, seed: int, hidden_size: int = 128, intermediate_size: int = 256, num_layers: int = 2,
+                num_heads: int = 4, num_kv_heads: int = 2, head_dim: int = 32):
+    """A random Qwen2ForCausalLM sized for the tokenizer (vocab rounded up to a multiple of 64), tied embeddings."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     vocab = -(-len(tokenizer) // 64) * 64  # multiples of 64 keep embedding matmuls aligned
     config = Qwen2Config(
         vocab_size=vocab,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,  # vLLM's CPU attention supports 32, 64, 80, 96, 112, 128, ...
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),

@@ -5,13 +5,19 @@ once with + - * / and equals the target. Every generated target is reachable: th
 random expression first and uses its value as the target, keeping the expression in
 `extra_info.solution` so tests can check it. Rows match the TinyZero/verl parquet columns
 (`prompt` messages, `reward_model.ground_truth = {numbers, target}`, `data_source = "countdown"`).
+
+It also writes worked attempts for 3-number tasks (`worked_completion`): the text a model would write
+after the prompt's "<think>", trying two-step expressions until one reaches the target or it gives
+up, then answering with the expression or only the value it reached. launch/build_base.py pretrains
+its small base model on these, right and wrong mixed.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -65,7 +71,8 @@ def countdown_row(nums: list[int], target: int, index: int, split: str, **extra_
 
 
 def make_countdown_rows(
-    count: int, seed: int, num_numbers: tuple[int, ...] = (3, 4), max_number: int = 99, split: str = "train"
+    count: int, seed: int, num_numbers: tuple[int, ...] = (3, 4), max_number: int = 99, split: str = "train",
+    max_target: int = MAX_TARGET,
 ) -> list[dict[str, Any]]:
     """`count` Countdown rows in TinyZero's format; the same (count, seed, ...) gives the same rows."""
     rng = random.Random(seed)  # a private RNG: generating data must not disturb the global one
@@ -76,11 +83,126 @@ def make_countdown_rows(
             nums = [rng.randint(1, max_number) for _ in range(k)]
             built = _random_expression(rng, nums)
             # Retry until the target is a positive integer in range (keeps prompts short and solvable).
-            if built is not None and built[1].denominator == 1 and 1 <= built[1] <= MAX_TARGET:
+            if built is not None and built[1].denominator == 1 and 1 <= built[1] <= max_target:
                 break
         solution, value = built
         rows.append(countdown_row(nums, int(value), i, split, solution=solution))
     return rows
+
+
+def problem_key(row: dict[str, Any]) -> tuple[tuple[int, ...], int]:
+    """(sorted numbers, target): two rows with the same key are the same task, whatever the number order."""
+    gt = row["reward_model"]["ground_truth"]
+    return tuple(sorted(int(n) for n in gt["numbers"])), int(gt["target"])
+
+
+# ---------------------------------------------------------------- worked attempts (3 numbers)
+
+
+class Attempt(NamedTuple):
+    """One two-step try at a 3-number task: (x op1 y) = step1, then step1 op2 z (or z op2 step1) = value.
+
+    Its text is compact ("7*3=21,21-2=19"): under Qwen2's pre-tokenizer every space before a digit
+    is a token of its own, so spaces would make a worked attempt a third longer.
+    """
+
+    x: int
+    op1: str
+    y: int
+    op2: str
+    z: int
+    z_first: bool  # step two is "z op2 step1"
+    step1: int
+    value: int
+
+    @property
+    def expression(self) -> str:
+        """The answer this try gives, e.g. "(7+3)*2"."""
+        inner = f"({self.x}{self.op1}{self.y})"
+        return f"{self.z}{self.op2}{inner}" if self.z_first else f"{inner}{self.op2}{self.z}"
+
+    @property
+    def work(self) -> str:
+        """Both steps written out, e.g. "7+3=10,10*2=20"."""
+        step2 = f"{self.z}{self.op2}{self.step1}" if self.z_first else f"{self.step1}{self.op2}{self.z}"
+        return f"{self.x}{self.op1}{self.y}={self.step1},{step2}={self.value}"
+
+
+def _apply(a: int, op: str, b: int) -> int | None:
+    """a op b over integers; None for a division that is not exact (a worked attempt never writes fractions)."""
+    if op == "/":
+        return a // b if b != 0 and a % b == 0 else None
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def countdown_attempts(nums: list[int], max_value: int = MAX_TARGET, step2_ops: str = _OPS) -> list[Attempt]:
+    """Every two-step way to combine 3 numbers whose steps stay whole numbers in [0, max_value].
+
+    Step one combines an ordered pair (x op y); step two combines its value with the third number on
+    either side, with one of `step2_ops`. Negative or huge intermediates are left out: a person
+    searching by hand rarely writes them, and they would only lengthen the numbers to compute.
+    """
+    if len(nums) != 3:
+        raise ValueError(f"worked attempts are written for 3-number tasks, got {len(nums)} numbers: {nums}")
+    attempts = set()  # a set: with a repeated number two orderings write the same try
+    for i, j in itertools.permutations(range(3), 2):
+        x, y, z = nums[i], nums[j], nums[3 - i - j]
+        for op1 in _OPS:
+            v1 = _apply(x, op1, y)
+            if v1 is None or not 0 <= v1 <= max_value:
+                continue
+            for op2 in step2_ops:
+                for z_first in (False, True):
+                    value = _apply(z, op2, v1) if z_first else _apply(v1, op2, z)
+                    if value is not None and 0 <= value <= max_value:
+                        attempts.add(Attempt(x, op1, y, op2, z, z_first, v1, value))
+    return sorted(attempts)  # sorted: a set's order would make seeded sampling depend on hashing
+
+
+def worked_completion(
+    nums: list[int], target: int, rng: random.Random, hit_rate: float = 0.3, continue_rate: float = 0.4,
+    max_tries: int = 3, max_value: int = MAX_TARGET, step2_ops: str = _OPS, expression_rate: float = 1.0,
+) -> tuple[str, bool] | None:
+    """A worked attempt at a task as the text after the prompt's "<think>", and whether its answer is right.
+
+    It imitates a searcher that first restates the task, then finds a right expression with
+    probability `hit_rate` on each try (else it tries a distinct wrong one), stops at a hit, and
+    after a miss tries again with probability `continue_rate` (at most `max_tries` tries) or gives
+    up and answers its last try. It writes that try's expression as the answer with probability
+    `expression_rate`, else only the value the try reached (as base models often answer with the
+    number), which the Countdown reward never accepts. So the text is right and wrong mixed, in
+    TinyZero's format:
+
+        <think> [7, 3, 2] -> 19         <- the prompt ends at <think>
+        7+3=10,10*2=20
+        7*3=21,21-2=19
+        </think>
+        <answer> (7*3)-2 </answer>
+
+    The restatement copies the prompt's " [7, 3, 2]" token for token, which a small model learns
+    early (an induction copy); the tries then read the numbers from there, a line away, rather
+    than from a hundred tokens back in the prompt. Tries are countdown_attempts(nums, max_value,
+    step2_ops). None when no such try reaches the target.
+    """
+    attempts = countdown_attempts(nums, max_value, step2_ops)
+    hits = [a for a in attempts if a.value == target]
+    misses = [a for a in attempts if a.value != target]
+    if not hits:
+        return None
+    misses = rng.sample(misses, min(max_tries, len(misses)))  # distinct wrong tries, in the order tried
+    tries: list[Attempt] = []
+    while True:
+        if rng.random() < hit_rate or not misses:
+            tries.append(rng.choice(hits))
+            break
+        tries.append(misses.pop())
+        if len(tries) >= max_tries or rng.random() >= continue_rate:
+            break
+    work = "".join(f"\n{a.work}" for a in tries)
+    as_expression = rng.random() < expression_rate
+    answer = tries[-1].expression if as_expression else str(tries[-1].value)
+    text = f" {[int(n) for n in nums]} -> {target}{work}\n</think>\n<answer> {answer} </answer>"
+    return text, as_expression and tries[-1].value == target
 
 
 def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
