@@ -395,7 +395,7 @@ def _check_model_path(path: str) -> None:
     looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
     if looks_local and not Path(os.path.expanduser(path)).exists():
         raise UserError(f"model.path: no such folder {path!r}. Give a local model folder or a hub id like "
-                        "'Qwen/Qwen2.5-0.5B'; build the tiny test model with: python launch/build_tiny.py --out .cache/tiny")
+                        "'Qwen/Qwen2.5-0.5B'; build the demo's base model with: python launch/build_base.py --out .cache/base")
 
 
 def _seed_everything(seed: int) -> None:

@@ -54,7 +54,7 @@ def load_pretrained(path: str, dtype: torch.dtype):
     except (OSError, ValueError) as e:
         raise UserError(f"model.path: cannot load a model from {path!r}: {str(e).splitlines()[0]}\n"
                         "Give a local folder with config.json and weights, or a Hugging Face hub id reachable from "
-                        "this machine (the tiny test model: python launch/build_tiny.py --out .cache/tiny).") from None
+                        "this machine (the demo's base model: python launch/build_base.py --out .cache/base).") from None
 
 
 class DeepSpeedTrainEngine:

@@ -33,8 +33,15 @@ def run_cli(args: list[str], env: dict[str, str], torchrun: bool, timeout: int =
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# The tests run recipes/countdown_tiny.yaml (the demo's recipe) on the random tiny model at the scale
+# their expected numbers assume: 8 prompts x n=8 at temperature 1, at most 64 new tokens, micro-batches
+# of 16, no eval, and the transformers engine (it starts in a second; the vLLM tests ask for vllm after).
+TEST_SCALE = ["rollout.engine=hf", "rollout.temperature=1.0", "rollout.max_new_tokens=64", "train.prompts_per_step=8",
+              "train.micro_batch_size=16", "eval.files=[]"]
+
+
 def tiny_overrides(tiny_dir: Path, run_dir: Path) -> list[str]:
     return [f"model.path={tiny_dir / 'model'}", f"data.train_files=[{tiny_dir / 'countdown_train.parquet'}]",
-            f"log.dir={run_dir}", "log.progress=false", "eval.files=[]"]
+            f"log.dir={run_dir}", "log.progress=false", *TEST_SCALE]
 
 

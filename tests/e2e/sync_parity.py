@@ -11,9 +11,11 @@ import torch
 
 import grpo
 
+from cli import TEST_SCALE  # this script's folder is on sys.path
+
 model_dir, train_file, run_dir = sys.argv[1:4]
 cfg = grpo.load_config("recipes/countdown_tiny.yaml", [
-    f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={run_dir}", "log.progress=false", "eval.files=[]",
+    f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={run_dir}", "log.progress=false", *TEST_SCALE,
     "train.max_steps=2", "train.lr=1.0e-3", "reward.functions=[digit_reward:digit_share]",
     "checkpoint.save_final=false", "sync.bucket_mb=1"])
 trainer = grpo.Trainer(cfg)

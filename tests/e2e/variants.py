@@ -9,6 +9,8 @@ import sys
 
 import grpo
 
+from cli import TEST_SCALE  # this script's folder is on sys.path
+
 model_dir, train_file, out_dir = sys.argv[1:4]
 VARIANTS = {
     "grpo": ["recipes/algorithms/grpo.yaml"],
@@ -28,7 +30,7 @@ for name, extra in VARIANTS.items():
     recipes = ["recipes/countdown_tiny.yaml"] + [e for e in extra if "=" not in e]
     cfg = grpo.load_config(recipes, [
         f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={out_dir}/{name}",
-        "log.progress=false", "eval.files=[]", "train.max_steps=2", "train.lr=1.0e-3", "reward.functions=[digit_reward:digit_share]",
+        "log.progress=false", *TEST_SCALE, "train.max_steps=2", "train.lr=1.0e-3", "reward.functions=[digit_reward:digit_share]",
         "checkpoint.save_final=false", *[e for e in extra if "=" in e]])
     trainer = grpo.Trainer(cfg)
     results[name] = {"algo": cfg.to_dict()["algo"], "steps": trainer.fit()}

@@ -12,12 +12,14 @@ import deepspeed
 import torch
 
 import grpo
+
+from cli import TEST_SCALE  # this script's folder is on sys.path
 from grpo.types import SamplingSettings
 from grpo.weight_sync import push_weights
 
 model_dir, train_file, run_dir, tp = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = grpo.load_config("recipes/countdown_tiny.yaml", [
-    f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={run_dir}", "log.progress=false", "eval.files=[]",
+    f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={run_dir}", "log.progress=false", *TEST_SCALE,
     "rollout.engine=vllm", f"rollout.tensor_parallel_size={tp}", "rollout.kv_cache_mb=64",
     "train.lr=1.0e-3", "reward.functions=[digit_reward:digit_share]", "checkpoint.save_final=false",
     "sync.bucket_mb=1"])  # 1 MB < one tiny layer plus the embeddings: 3 loads per sync, layer by layer
