@@ -11,17 +11,62 @@ from grpo.algorithms import StepNorm
 from grpo.types import Completion, MicroBatch, PromptRecord
 
 
+def token_budget_bounds(lengths: list[tuple[int, int]], budget: int, max_rows: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive sequences for micro-batches cut by a token budget.
+
+    `lengths` holds (prompt, completion) lengths in order. A range grows while its padded size, rows x
+    (longest prompt + longest completion), stays within `budget` and it has at most `max_rows` rows; a
+    sequence longer than the budget on its own gets a range of its own.
+    """
+    bounds: list[tuple[int, int]] = []
+    start, prompt_max, completion_max = 0, 0, 0
+    for i, (prompt, completion) in enumerate(lengths):
+        grown_p, grown_c = max(prompt_max, prompt), max(completion_max, completion)
+        if i > start and ((i - start + 1) * (grown_p + grown_c) > budget or i - start >= max_rows):
+            bounds.append((start, i))
+            start, grown_p, grown_c = i, prompt, completion
+        prompt_max, completion_max = grown_p, grown_c
+    if lengths:
+        bounds.append((start, len(lengths)))
+    return bounds
+
+
+def split_to_count(bounds: list[tuple[int, int]], count: int, lengths: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Halve the range of largest padded size (among those of 2+ rows) until there are `count` ranges.
+
+    Under ZeRO-3 every forward and backward is a collective, so every rank must run as many
+    micro-batches as the rank that needs the most; this is how the others get there.
+    """
+    def padded(bound: tuple[int, int]) -> int:
+        part = lengths[bound[0]:bound[1]]
+        return len(part) * (max(p for p, _ in part) + max(c for _, c in part))
+
+    bounds = list(bounds)
+    while len(bounds) < count:
+        splittable = [i for i, (a, b) in enumerate(bounds) if b - a > 1]
+        if not splittable:
+            raise ValueError(f"cannot make {count} micro-batches of {len(lengths)} sequences")
+        i = max(splittable, key=lambda j: padded(bounds[j]))
+        a, b = bounds[i]
+        bounds[i:i + 1] = [(a, (a + b) // 2), ((a + b) // 2, b)]
+    return bounds
+
+
 def build_micro_batches(prompts: list[PromptRecord], groups: list[list[Completion]], micro_batch_size: int,
-                        pad_id: int, device: torch.device, mask_truncated: bool = False) -> list[MicroBatch]:
+                        pad_id: int, device: torch.device, mask_truncated: bool = False,
+                        bounds: list[tuple[int, int]] | None = None) -> list[MicroBatch]:
     """Micro-batches of `micro_batch_size` sequences in prompt-major order (a group's samples adjacent,
-    so the training forward can compute each shared prompt once: grpo/train/packing.py).
+    so the training forward can compute each shared prompt once: grpo/train/packing.py), or the
+    [start, stop) ranges of that order in `bounds` (token_budget_bounds).
 
     With mask_truncated, completions cut at the length limit keep their place but count for nothing.
     """
     rows = [(record.prompt_ids, completion) for record, group in zip(prompts, groups) for completion in group]
+    if bounds is None:
+        bounds = [(start, min(start + micro_batch_size, len(rows))) for start in range(0, len(rows), micro_batch_size)]
     batches = []
-    for start in range(0, len(rows), micro_batch_size):
-        chunk = rows[start:start + micro_batch_size]
+    for start, stop in bounds:
+        chunk = rows[start:stop]
         B = len(chunk)
         P = max(len(ids) for ids, _ in chunk)
         T = max(max(len(c.token_ids) for _, c in chunk), 1)

@@ -95,6 +95,8 @@ class TrainConfig:
     """Prompts per step over all ranks; each yields rollout.n completions."""
     micro_batch_size: int = 4
     """Sequences per forward/backward on one rank; gradients accumulate over the rest of the step."""
+    micro_batch_tokens: int = 0
+    """When > 0, micro-batches are cut by tokens: consecutive sequences while rows x padded length stays within this (at most train.micro_batch_size rows); needs algo.mini_batches 1."""
     lr: float = 1.0e-6
     """Peak learning rate of AdamW."""
     warmup_steps: int = 0
@@ -290,6 +292,11 @@ class Config:
                  f"= {a.overlong_buffer} must be below rollout.max_new_tokens = {r.max_new_tokens}", self.source)
         _require(a.importance_cap == 0 or a.importance_cap >= 1, "algo.importance_cap",
                  f"must be 0 (off) or at least 1, got {a.importance_cap}", self.source)
+        _require(t.micro_batch_tokens >= 0, "train.micro_batch_tokens", f"must be 0 (off) or positive, got "
+                 f"{t.micro_batch_tokens}", self.source)
+        _require(t.micro_batch_tokens == 0 or a.mini_batches == 1, "train.micro_batch_tokens",
+                 f"= {t.micro_batch_tokens} cuts micro-batches by tokens, which needs algo.mini_batches = 1 (got "
+                 f"{a.mini_batches}); set train.micro_batch_tokens=0 to use mini-batches", self.source)
         per_update = a.mini_batches * t.micro_batch_size
         if samples_per_rank % per_update:
             what = (f"train.micro_batch_size = {t.micro_batch_size}" if a.mini_batches == 1 else

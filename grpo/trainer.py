@@ -17,7 +17,8 @@ import torch
 
 from grpo.algorithms import (ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, groups_with_signal,
                              kl_penalised_rewards, overlong_penalty, truncated_importance_weights, whiten)
-from grpo.batching import assign_advantages, build_micro_batches, local_counts, step_norm
+from grpo.batching import (assign_advantages, build_micro_batches, local_counts, split_to_count, step_norm,
+                            token_budget_bounds)
 from grpo.checkpoint import load_checkpoint, remove_incomplete, resolve_resume, save_checkpoint
 from grpo.config import Config
 from grpo.data import PromptSampler, load_prompt_records, load_tokenizer
@@ -125,8 +126,9 @@ class Trainer:
         cfg, algo, timer, start = self.cfg, self.cfg.algo, PhaseTimer(), time.perf_counter()
         prompts, groups, rewards_PG, components, sums = self._rollout(timer)
         tries = sums.pop("dynamic/tries", None)
+        bounds = self._token_budget_bounds(prompts, groups)
         micro_batches = build_micro_batches(prompts, groups, cfg.train.micro_batch_size, self.tokenizer.pad_token_id,
-                                            self.dist.device, algo.mask_truncated)
+                                            self.dist.device, algo.mask_truncated, bounds)
         with timer("logprobs"):
             self._reference_and_old_logprobs(micro_batches)
         if self.train.ref_engine is not None and algo.kl_in == "reward":
@@ -144,6 +146,7 @@ class Trainer:
         sums.update(self._per_source_sums(prompts, components))
         sums["response/reflection_count"] = float(reflection_count([c.text for g in groups for c in g]))
         sums.update(local_counts(micro_batches))
+        maxes["train/micro_batches"] = float(len(micro_batches))  # per rank, the same on every rank
         sums["response/tokens"] = float(sum(len(c.token_ids) for g in groups for c in g))
         if tries is not None:
             maxes["dynamic/tries"] = tries  # the same on every rank: they sample in lockstep
@@ -240,6 +243,16 @@ class Trainer:
             adv_PG = whiten(adv_PG, mean, std, self.cfg.algo.adv_eps)
         return adv_PG
 
+    def _token_budget_bounds(self, prompts, groups) -> list[tuple[int, int]] | None:
+        """Micro-batch ranges cut by train.micro_batch_tokens, as many on every rank (None when it is off)."""
+        t = self.cfg.train
+        if not t.micro_batch_tokens:
+            return None
+        lengths = [(len(record.prompt_ids), len(c.token_ids)) for record, group in zip(prompts, groups) for c in group]
+        bounds = token_budget_bounds(lengths, t.micro_batch_tokens, t.micro_batch_size)
+        count = reduce_across_ranks({}, {"micro_batches": len(bounds)}, self.dist.device)["micro_batches"]
+        return split_to_count(bounds, int(count), lengths)
+
     def _optimize(self, micro_batches: list[MicroBatch]):
         """algo.ppo_epochs passes over the rollout, each in algo.mini_batches optimizer steps.
 
@@ -248,7 +261,8 @@ class Trainer:
         algo, temperature = self.cfg.algo, self.cfg.rollout.temperature
         policy_loss, aggregate = POLICY_LOSSES[algo.policy_loss], LOSS_AGGREGATIONS[algo.loss_agg]
         kl_estimator = KL_ESTIMATORS[algo.kl_estimator]
-        per_update = self.cfg.derived.micro_batches_per_update
+        # cut by tokens, all of a step's micro-batches make one update (algo.mini_batches is 1 then)
+        per_update = len(micro_batches) if self.cfg.train.micro_batch_tokens else self.cfg.derived.micro_batches_per_update
         updates = [micro_batches[i:i + per_update] for i in range(0, len(micro_batches), per_update)]
         norms = [step_norm(reduce_across_ranks(local_counts(chunk), {}, self.dist.device), self.cfg.rollout.max_new_tokens)
                  for chunk in updates]
@@ -283,7 +297,7 @@ class Trainer:
                     if algo.entropy_coef > 0:
                         loss_BT = loss_BT - algo.entropy_coef * entropy_BT
                     loss = aggregate(loss_BT, mask_BT, norm)
-                    self.train.backward(loss)
+                    self.train.backward(loss, last=i == len(chunk) - 1)
                     if i == len(chunk) - 1:
                         grad_norms.append(self.train.step())
                     else:

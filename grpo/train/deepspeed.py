@@ -130,17 +130,20 @@ class DeepSpeedTrainEngine:
                 engine.empty_partition_cache()
 
     # -- optimisation ------------------------------------------------------------------------
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backward on a loss that is already this micro-batch's share of the step's loss.
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Backward on a loss that is already this micro-batch's share of the step's loss; `last` for
+        the optimizer step's last micro-batch.
 
         DeepSpeed divides by the accumulation steps and averages gradients over ranks; both are
-        undone here so the accumulated gradient is exactly d(step loss)/d(theta).
+        undone here so the accumulated gradient is exactly d(step loss)/d(theta). The boundary is
+        set by hand because the number of micro-batches per step varies with train.micro_batch_tokens.
         """
+        self.engine.set_gradient_accumulation_boundary(last)
         self.engine.backward(loss * self.dist.world_size, scale_wrt_gas=False)
 
     def step(self) -> float:
         """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm."""
-        # DeepSpeed steps only at an accumulation boundary, which it counts in micro-batches.
+        # DeepSpeed steps only at an accumulation boundary (backward(last=True) set it).
         assert self.engine.is_gradient_accumulation_boundary(), "step() called before the last micro-batch"
         self.engine.step()
         norm = self.engine.get_global_grad_norm()

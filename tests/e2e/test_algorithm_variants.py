@@ -21,7 +21,7 @@ def variants(tiny_dir, reward_plugin_dir, tmp_path_factory):
 
 
 EXPECTED = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo",
-            "dual_clip_k2_entropy", "mu2_minibatch2_tis", "masked_truncation"]
+            "dual_clip_k2_entropy", "mu2_minibatch2_tis", "masked_truncation", "token_budget"]
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -51,3 +51,14 @@ def test_variants_applied_their_settings(variants):
     # the masked variant trains only on completions that ended before the 64-token limit
     masked = variants["masked_truncation"]["steps"]
     assert all(m["train/loss_tokens"] < m["response/length_mean"] * 64 for m in masked)
+
+
+def test_token_budget_makes_the_same_update_in_more_micro_batches(variants):
+    # Same weights, seeds and rollouts as "grpo" (the same recipe): cutting the step into micro-batches of
+    # at most 700 padded tokens instead of 16 sequences must not change the step's loss or gradient,
+    # only how many forwards it takes (16 sequences of ~190 tokens do not fit in 700).
+    plain, budget = variants["grpo"]["steps"][0], variants["token_budget"]["steps"][0]
+    assert plain["train/micro_batches"] == 2 and budget["train/micro_batches"] > 2
+    assert budget["response/length_mean"] == plain["response/length_mean"]
+    for key in ("loss/policy", "loss/total", "policy/entropy", "train/grad_norm"):
+        assert budget[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-7), key

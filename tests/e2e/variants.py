@@ -24,6 +24,7 @@ VARIANTS = {
     "mu2_minibatch2_tis": ["algo.ppo_epochs=2", "algo.mini_batches=2", "train.micro_batch_size=8",
                            "algo.importance_cap=2.0", "algo.importance_level=sequence", "algo.kl_estimator=k1"],
     "masked_truncation": ["algo.mask_truncated=true", "algo.loss_agg=seq_mean_token_mean"],
+    "token_budget": ["recipes/algorithms/grpo.yaml", "train.micro_batch_tokens=700"],
 }
 results = {}
 for name, extra in VARIANTS.items():
