@@ -316,6 +316,11 @@ def evaluate(model_dir: Path, tokenizer, rows: list[dict[str, Any]], n: int, gre
             "mean_length": length / total}
 
 
+def steps_for(minutes: float) -> int:
+    """--minutes as pretraining steps (STEPS_PER_MINUTE each), at least one."""
+    return max(1, round(minutes * STEPS_PER_MINUTE))
+
+
 def build(out: Path, minutes: float, seed: int, procs: int = 2, progress: bool = True) -> dict[str, Any]:
     """Everything main() does after the cache check; returns what build.json holds."""
     import shutil
@@ -323,7 +328,7 @@ def build(out: Path, minutes: float, seed: int, procs: int = 2, progress: bool =
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
-    steps = max(1, round(minutes * STEPS_PER_MINUTE))
+    steps = steps_for(minutes)
     # The test tasks are drawn first and held out of everything else: a fair sample of the task
     # distribution that neither pretraining nor RL ever sees (small numbers make a small task space).
     test_rows = task_rows(TEST_ROWS, seed + 2, "test", exclude=set(), distinct=True)
@@ -379,7 +384,7 @@ def build(out: Path, minutes: float, seed: int, procs: int = 2, progress: bool =
 
 def _stale_settings(out: Path, args) -> list[str]:
     """The build settings that OUT/build.json records differently from this script's and `args` (all if unreadable)."""
-    current = {"seed": args.seed, "steps": max(1, round(args.minutes * STEPS_PER_MINUTE)), "lr": LR,
+    current = {"seed": args.seed, "steps": steps_for(args.minutes), "lr": LR,
                "tokens_per_step": TOKENS_PER_STEP, "task": TASK, "work": WORK, "model": MODEL}
     try:
         built = json.loads((out / "build.json").read_text())

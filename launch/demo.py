@@ -31,17 +31,22 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
                HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore::FutureWarning", TOKENIZERS_PARALLELISM="false")
     start = time.time()
-    subprocess.run([sys.executable, "launch/build_base.py", "--out", ".cache/base"], cwd=REPO, env=env, check=True)
+    built = subprocess.run([sys.executable, "launch/build_base.py", "--out", ".cache/base"], cwd=REPO, env=env)
+    if built.returncode != 0:
+        print(f"demo: building the base model failed with exit code {built.returncode} (output above)", file=sys.stderr)
+        return built.returncode
     run_dir = REPO / args.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)  # a demo starts fresh rather than resuming an old one
-    print(f"training with GRPO: torchrun --nproc_per_node 2 launch/run.py {RECIPE} log.dir={args.run_dir}", flush=True)
+    train_args = ["launch/run.py", RECIPE, f"log.dir={args.run_dir}", *args.overrides]
+    print(f"training with GRPO: torchrun --nproc_per_node 2 {' '.join(train_args)}", flush=True)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "launch/run.py", RECIPE, f"log.dir={args.run_dir}", *args.overrides], cwd=REPO, env=env)
+                           *train_args], cwd=REPO, env=env)
     if done.returncode != 0:
-        print(f"demo: training failed with exit code {done.returncode}", file=sys.stderr)
+        print(f"demo: training failed with exit code {done.returncode} (output above)", file=sys.stderr)
         return done.returncode
     minutes = (time.time() - start) / 60
-    summary = summarize(json.loads((run_dir / "eval.json").read_text()), minutes)
+    evals_path = run_dir / "eval.json"
+    summary = summarize(json.loads(evals_path.read_text()) if evals_path.exists() else {}, minutes)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nheld-out Countdown, {summary['problems']} problems (step 0 -> step {summary['steps']}):")
     print(before_after_table(summary))
