@@ -8,7 +8,7 @@ by the same `grpo.rewards.verify` check as training, routed by the row's data_so
 - pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) averaged over prompts (n samples, c correct;
   with n = k samples it is the fraction of prompts with at least one correct sample).
 
-The pure arithmetic (`pass_at_k`, `majority_index`, `maj_at_k`, `avg_at_k`, `answer_key`) comes
+The pure arithmetic (`pass_at_k`, `majority_index`, `maj_at_k`, `avg_at_k`) comes
 first; `Evaluator` is the SPMD driver: rank r takes every world_size-th prompt, generates and
 verifies its share, and the per-benchmark counts are summed over ranks, so every rank returns the
 same metrics. `format_table` and `write_eval_json` present them.
@@ -24,75 +24,9 @@ from typing import Any, Callable, Hashable
 
 from grpo.data import load_prompt_records
 from grpo.errors import UserError
-from grpo.rewards import verify_batch
-from grpo.rewards.countdown import extract_answer as countdown_answer
-from grpo.rewards.extract import extract_answer
-from grpo.rewards.gsm8k import extract_gsm8k
-from grpo.rewards.latex import normalize
-from grpo.rewards.multiply import parse_integer
+from grpo.rewards import answer_key, kind_of, verify_batch
 from grpo.templates import load_user_templates, template_stop_strings
 from grpo.types import PromptRecord, SamplingSettings
-
-# ---------------------------------------------------------------- which check judges a row
-
-# data_source -> verify kind for the names that are not MATH-style; see `verify_kind`.
-VERIFY_KINDS: dict[str, str] = {
-    "countdown": "countdown",
-    "multiply": "multiply",
-    "arithmetic": "multiply",
-    "gsm8k": "gsm8k",
-    "openai/gsm8k": "gsm8k",
-}
-# A data_source naming one of these is a MATH-style set (math, math500, aime24, amc23, deepscaler, ...).
-MATH_HINTS = ("math", "aime", "amc", "olympiad", "minerva", "deepscaler", "omni")
-
-
-def verify_kind(data_source: str) -> str:
-    """The `grpo.rewards.verify` kind that judges rows of `data_source`."""
-    if data_source in VERIFY_KINDS:
-        return VERIFY_KINDS[data_source]
-    lowered = data_source.lower()
-    if lowered in VERIFY_KINDS:
-        return VERIFY_KINDS[lowered]
-    if any(hint in lowered for hint in MATH_HINTS):
-        return "math"
-    raise UserError(f"eval: no correctness check for data_source {data_source!r}; known: "
-                    f"{', '.join(sorted(VERIFY_KINDS))} and MATH-style names containing {', '.join(MATH_HINTS)}")
-
-
-# ---------------------------------------------------------------- the final answer a sample votes for
-
-
-def _math_key(text: str) -> Hashable | None:
-    # normalize() maps typesetting variants (\dfrac12, \frac{1}{2}) to one key; the percent flag stays
-    # in the key because 50% and 50 may be judged differently against the same gold answer.
-    answer = extract_answer(text)
-    if answer is None:
-        return None
-    norm = normalize(answer)
-    return (norm.key, norm.percent) if norm.key else None
-
-
-def _countdown_key(text: str) -> Hashable | None:
-    # The equation the countdown check judges: the last <answer> block, else a bare or boxed one.
-    equation = countdown_answer(text) if "</answer>" in text else extract_answer(text)
-    if equation is None:
-        return None
-    return "".join(equation.split()) or None  # spacing does not change the equation
-
-
-ANSWER_KEYS: dict[str, Callable[[str], Hashable | None]] = {
-    "math": _math_key,
-    "gsm8k": extract_gsm8k,  # an exact Fraction: "18", "18.0" and "$18" vote together
-    "countdown": _countdown_key,  # the equation itself: two different correct equations vote apart
-    "multiply": lambda text: parse_integer(extract_answer(text)),
-}
-
-
-def answer_key(kind: str, text: str) -> Hashable | None:
-    """The final answer of a completion as a vote (None: no answer, so no vote), extracted the way `kind`'s check does."""
-    return ANSWER_KEYS[kind](text)
-
 
 # ---------------------------------------------------------------- metric arithmetic
 
@@ -199,7 +133,7 @@ def load_benchmarks(specs: list[str], template: str, tokenizer: Any, max_prompt_
             raise UserError(f"benchmark name {name!r} is given twice; name them apart with name=path")
         records, report = load_prompt_records([path], template, tokenizer, max_prompt_length, templates, skip_malformed)
         for source in sorted({r.data_source for r in records}):
-            verify_kind(source)  # an unknown data_source fails now, not after generating
+            kind_of(source)  # an unknown data_source fails now, not after generating
         if report and log:
             log(f"eval {name}: " + report.describe(max_prompt_length))
         benchmarks[name] = records[:max_prompts] if max_prompts > 0 else records
@@ -296,7 +230,7 @@ class Evaluator:
         counts = BenchmarkCounts()
         if not counted:
             return counts
-        kinds = [verify_kind(r.data_source) for r in mine]
+        kinds = [kind_of(r.data_source) for r in mine]
         items = [(kind, g[0].text, r.ground_truth) for kind, g, r in zip(kinds, greedy, mine)]
         items += [(kind, c.text, r.ground_truth) for kind, group, r in zip(kinds, sampled, mine) for c in group]
         verdicts, verify_metrics = verify_batch(items)

@@ -6,8 +6,10 @@ Correctness (eval reuses it):
 Both run in a shared worker pool with a hard per-item timeout (a timeout or crash is False).
 `VERIFIERS[kind]` is the same check in this process, without the timeout; `kind_of(data_source)`
 names the kind of a dataset, `answer_key(kind, response)` the canonical final answer (maj@k).
+registry.py is the one routing data_source -> kind -> (check, score, vote key) that training and
+evaluation share.
 
-Training scores, routed by a row's `data_source` through `SCORERS` (registry.py):
+Training scores, routed by a row's `data_source` (`scorer_for`, registry.py):
     RewardFunction(specs, format_weight=..., format_mode=..., timeout_s=..., num_workers=...)
         (data_source, response, ground_truth, prompt) -> RewardResult     in process
         .score_batch(items) -> (list[RewardResult], {"reward/timeouts", "reward/errors"})   pooled
@@ -28,11 +30,13 @@ from grpo.rewards.countdown import score_countdown, verify_countdown
 from grpo.rewards.format import FORMAT_CHECKS, check_format, check_format_loose, check_format_strict
 from grpo.rewards.function import RewardFunction, load_reward_function, score
 from grpo.rewards.pool import DEFAULT_TIMEOUT_S, WorkerPool
-from grpo.rewards.registry import DATA_SOURCE_KINDS, SCORERS, VERIFIERS, ScoreSettings, answer_key, kind_of
+from grpo.rewards.registry import (DATA_SOURCE_KINDS, KINDS, SCORERS, VERIFIERS, ScoreSettings, answer_key, kind_of,
+                                   scorer_for)
 
 __all__ = [
     "DATA_SOURCE_KINDS",
     "FORMAT_CHECKS",
+    "KINDS",
     "SCORERS",
     "VERIFIERS",
     "RewardFunction",
@@ -45,6 +49,7 @@ __all__ = [
     "load_reward_function",
     "score",
     "score_countdown",
+    "scorer_for",
     "verify",
     "verify_batch",
     "verify_countdown",

@@ -1,11 +1,16 @@
-"""The name -> function registries of the rewards: correctness checks by kind, scores by data_source.
+"""The one routing of the rewards: data_source -> kind -> (correctness check, training score, vote key).
 
-`VERIFIERS[kind](response, ground_truth) -> bool` is the in-process correctness check for each
-kind (math, gsm8k, countdown, multiply); `grpo.rewards.verify` runs it in the worker pool with a
-timeout. `SCORERS[data_source](response, ground_truth, prompt, settings) -> RewardResult` is the
-training score, routed by a row's `data_source` the way verl's reward manager and TinyZero route
-it: `DATA_SOURCE_KINDS` maps the public names of datasets to the four kinds (`kind_of`), and
-`answer_key` gives the canonical final answer of a response for majority voting.
+Training and evaluation both route through here, so a dataset that trains also evaluates, and the
+same check judges both. A kind is one way of reading and judging an answer (`KINDS`):
+- `verify(response, ground_truth) -> bool`: correctness, in this process (`grpo.rewards.verify` runs it
+  in the worker pool under a timeout);
+- `score(response, ground_truth, prompt, settings) -> RewardResult`: the training score;
+- `answer_key(response) -> str | None`: the final answer in a canonical spelling, for majority voting.
+
+`kind_of(data_source)` finds a row's kind: first the exact names of public datasets and of verl /
+TinyZero / DeepScaleR files (`DATA_SOURCE_KINDS`), then, for other names, the first hint of
+`DATA_SOURCE_HINTS` the lower-cased name contains ("omni_math" -> math). `SCORERS` maps data_source
+names to a score of their own; a user may register one there for a new name.
 
 Scores:
 - math and gsm8k: accuracy (1 or 0) + settings.format_weight * format check (settings.format_mode);
@@ -49,13 +54,6 @@ def _verify_countdown(response: str, ground_truth: Any) -> bool:
     return verify_countdown(response, ground_truth)
 
 
-VERIFIERS: dict[str, Callable[[str, Any], bool]] = {
-    "math": verify_math,
-    "gsm8k": verify_gsm8k,
-    "countdown": _verify_countdown,
-    "multiply": verify_multiply,
-}
-
 Scorer = Callable[[str, Any, str, ScoreSettings], RewardResult]
 
 
@@ -77,16 +75,56 @@ def _tinyzero(score: Callable[[str, Any], RewardResult]) -> Scorer:
     return scorer
 
 
-# kind -> training score
-KIND_SCORERS: dict[str, Scorer] = {
-    "math": _accuracy_and_format(verify_math),
-    "gsm8k": _accuracy_and_format(verify_gsm8k),
-    "countdown": _tinyzero(score_countdown),
-    "multiply": _tinyzero(score_multiply),
+# -- vote keys: the final answer as the kind's check reads it, one spelling per answer
+
+
+def _math_key(response: str) -> str | None:
+    # normalize() maps typesetting variants (\dfrac12, \frac{1}{2}) to one key; the percent sign stays
+    # in the key because 50% and 50 may be judged differently against the same gold answer.
+    answer = extract_answer(response)
+    if answer is None:
+        return None
+    norm = normalize(answer)
+    return norm.key + ("%" if norm.percent else "") if norm.key else None
+
+
+def _gsm8k_key(response: str) -> str | None:
+    value = extract_gsm8k(response)  # an exact Fraction: "18", "18.0" and "$18" vote together
+    return str(value) if value is not None else None
+
+
+def _countdown_key(response: str) -> str | None:
+    # the equation the check judges, spacing aside: two different correct equations vote apart
+    block = last_answer_block(response)
+    answer = block if block is not None else extract_answer(response)
+    return ("".join(answer.split()) or None) if answer else None
+
+
+def _multiply_key(response: str) -> str | None:
+    value = parse_integer(extract_answer(response))
+    return str(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One way of reading and judging an answer: its correctness check, training score and vote key."""
+
+    verify: Callable[[str, Any], bool]
+    score: Scorer
+    answer_key: Callable[[str], str | None]
+
+
+KINDS: dict[str, Kind] = {
+    "math": Kind(verify_math, _accuracy_and_format(verify_math), _math_key),
+    "gsm8k": Kind(verify_gsm8k, _accuracy_and_format(verify_gsm8k), _gsm8k_key),
+    "countdown": Kind(_verify_countdown, _tinyzero(score_countdown), _countdown_key),
+    "multiply": Kind(verify_multiply, _tinyzero(score_multiply), _multiply_key),
 }
 
-# data_source -> kind. Names are those of the public datasets and of verl / TinyZero / DeepScaleR
-# data files; add an entry to route a new name.
+# kind -> in-process correctness check (what the worker pool runs)
+VERIFIERS: dict[str, Callable[[str, Any], bool]] = {name: kind.verify for name, kind in KINDS.items()}
+
+# data_source -> kind, for the exact names of public datasets and of verl / TinyZero / DeepScaleR files
 DATA_SOURCE_KINDS: dict[str, str] = {
     "countdown": "countdown",
     "multiply": "multiply",
@@ -100,49 +138,45 @@ DATA_SOURCE_KINDS: dict[str, str] = {
     )},
 }
 
-# data_source -> scorer: what the trainer routes by (a user may register a scorer for a new name)
-SCORERS: dict[str, Scorer] = {name: KIND_SCORERS[kind] for name, kind in DATA_SOURCE_KINDS.items()}
+# (substring, kind) for any other name, tried in order on the lower-cased name: "omni_math" -> math
+DATA_SOURCE_HINTS: tuple[tuple[str, str], ...] = (
+    ("gsm8k", "gsm8k"), ("countdown", "countdown"),
+    *((hint, "math") for hint in ("math", "aime", "amc", "olympiad", "minerva", "deepscaler", "omni")),
+)
+
+# data_source -> a score of its own; kind_of() routes every other name. Register a scorer for a new name here.
+SCORERS: dict[str, Scorer] = {name: KINDS[kind].score for name, kind in DATA_SOURCE_KINDS.items()}
 
 
 def kind_of(data_source: str) -> str:
-    """The verify kind (math, gsm8k, countdown, multiply) of a data_source name."""
-    kind = DATA_SOURCE_KINDS.get(data_source)
-    if kind is None:
-        raise UserError(f"no correctness check for data_source {data_source!r}; known: {sorted(DATA_SOURCE_KINDS)}")
-    return kind
+    """The kind (math, gsm8k, countdown, multiply, ...) that judges rows of `data_source`."""
+    lowered = data_source.lower()
+    kind = DATA_SOURCE_KINDS.get(data_source) or DATA_SOURCE_KINDS.get(lowered)
+    if kind is not None:
+        return kind
+    for hint, hinted in DATA_SOURCE_HINTS:
+        if hint in lowered:
+            return hinted
+    raise UserError(f"no built-in reward for data_source {data_source!r}; known names: "
+                    f"{', '.join(sorted(DATA_SOURCE_KINDS))}; or a name containing "
+                    f"{', '.join(hint for hint, _ in DATA_SOURCE_HINTS)}. Rename the rows' data_source, or "
+                    "give your own reward with reward.functions=['package.module:function'].")
 
 
 def scorer_for(data_source: str) -> Scorer:
-    """The scorer registered for `data_source`; a UserError naming the known ones otherwise."""
-    scorer = SCORERS.get(data_source)
-    if scorer is None:
-        raise UserError(
-            f"no built-in reward for data_source {data_source!r}; known: {sorted(SCORERS)}. "
-            f"Give your own function with reward.functions=['package.module:function']."
-        )
-    return scorer
+    """The training score for rows of `data_source`: a scorer registered for the name, else its kind's."""
+    return SCORERS.get(data_source) or KINDS[kind_of(data_source)].score
 
 
 def answer_key(kind: str, response: str) -> str | None:
-    """The final answer of `response` as `verify` reads it, in a canonical spelling (None if none).
+    """The final answer of `response` as `kind`'s check reads it, in a canonical spelling (None: no answer).
 
-    For majority voting (maj@k): answers with equal keys are the same answer. Keys are
-    canonical spellings, not values: "\\frac12" and "\\dfrac{1}{2}" share a key, "0.5" does not.
+    For majority voting (maj@k): answers with equal keys are the same answer. Keys are canonical
+    spellings, not values: "\\frac12" and "\\dfrac{1}{2}" share a key, "0.5" does not.
     """
-    if kind == "math":
-        answer = extract_answer(response)
-        return normalize(answer).key if answer is not None else None
-    if kind == "gsm8k":
-        value = extract_gsm8k(response)
-        return str(value) if value is not None else None
-    if kind == "multiply":
-        value = parse_integer(extract_answer(response))
-        return str(value) if value is not None else None
-    if kind == "countdown":
-        block = last_answer_block(response)
-        answer = block if block is not None else extract_answer(response)
-        return "".join(answer.split()) if answer else None
-    raise UserError(f"unknown kind {kind!r}; available: {', '.join(sorted(VERIFIERS))}")
+    if kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}; available: {', '.join(sorted(KINDS))}")
+    return KINDS[kind].answer_key(response)
 
 
 def verify_jobs() -> dict[str, Callable[[Any], bool]]:

@@ -18,8 +18,9 @@ import torch
 
 from grpo.config import load_config
 from grpo.errors import UserError
-from grpo.evaluate import (Evaluator, answer_key, avg_at_k, format_table, maj_at_k, majority_index, parse_benchmark_spec,
-                           pass_at_k, should_evaluate, verify_kind, write_eval_json)
+from grpo.evaluate import (Evaluator, avg_at_k, format_table, maj_at_k, majority_index, parse_benchmark_spec, pass_at_k,
+                           should_evaluate, write_eval_json)
+from grpo.rewards import answer_key, kind_of
 from grpo.types import Completion, PromptRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,17 +90,23 @@ def test_answer_keys_group_the_same_answer_written_differently():
     assert answer_key("countdown", "<answer>(1 + 2) * 3</answer>") == answer_key("countdown", "<answer>(1+2)*3</answer>")
     assert answer_key("countdown", "1 + 2 + 3") == "1+2+3"  # a bare one-line equation, as the check reads it
     assert answer_key("countdown", "<think>no tag closes") is None
-    assert answer_key("multiply", "<answer>56,088</answer>") == 56088
+    assert answer_key("multiply", "<answer>56,088</answer>") == "56088"
 
 
-def test_verify_kind_routes_data_sources():
-    assert verify_kind("countdown") == "countdown"
-    assert verify_kind("openai/gsm8k") == "gsm8k"
-    assert verify_kind("arithmetic") == "multiply"
+def test_kind_of_routes_data_sources_for_training_and_evaluation_alike():
+    from grpo.rewards.registry import KINDS, scorer_for
+
+    assert kind_of("countdown") == "countdown"
+    assert kind_of("openai/gsm8k") == "gsm8k"
+    assert kind_of("arithmetic") == "multiply"
     for source in ("math", "math500", "HuggingFaceH4/MATH-500", "aime24", "amc23", "deepscaler", "olympiad_bench"):
-        assert verify_kind(source) == "math", source
-    with pytest.raises(UserError, match="no correctness check for data_source 'poetry'"):
-        verify_kind("poetry")
+        assert kind_of(source) == "math", source
+    # a name known only by its hint evaluates AND trains, with its kind's score (they once disagreed)
+    assert kind_of("omni_math") == "math" and scorer_for("omni_math") is KINDS["math"].score
+    assert kind_of("GSM8K-platinum") == "gsm8k" and scorer_for("GSM8K-platinum") is KINDS["gsm8k"].score
+    for route in (kind_of, scorer_for):
+        with pytest.raises(UserError, match="no built-in reward for data_source 'poetry'"):
+            route("poetry")
 
 
 def test_benchmark_specs_and_the_eval_schedule():
