@@ -26,7 +26,8 @@ import re
 from fractions import Fraction
 
 from grpo.rewards.latex import MAX_ANSWER_CHARS, Normalized, normalize
-from grpo.rewards.parse import ParseError, children, parse, rebuild
+from grpo.rewards.parse import ParseError, parse
+from grpo.rewards.tree import children, rebuild
 from grpo.rewards.values import (NoValue, approximation_digits, check_small, exact, free_symbols, numeric,
                                  to_sympy)
 

@@ -11,47 +11,20 @@ It is faster than a grammar-generated parser and never builds a huge number: a t
 9^{9^{9^9}}; values.py decides how much of it to compute. Depth and size are bounded so that
 adversarial input fails with ParseError instead of exhausting the stack.
 
-Nodes (plain tuples, cheap to build and compare):
-  ("num", Fraction, digits)   digits: significant digits of a decimal literal (6366.2 -> 5), 0 if exact
-  ("sym", name)    ("const", "pi" | "e" | "i" | "oo")
-  ("add", terms)   ("mul", factors)   ("div", a, b)   ("neg", x)   ("pow", base, exp)   ("pm", x): ±x
-  ("fn", name, args)           name in values.FUNCTIONS
-  ("list", items)  ("set", items)  ("tuple", open, close, items)  ("union", parts)  ("matrix", rows)
-  ("rel", ops, operands, lhs_is_name)   ("ratio", items)   ("based", "204_5")
+The nodes are described in tree.py; tokens.py splits the text first.
 """
 from __future__ import annotations
 
 import re
 from fractions import Fraction
 
-MAX_TOKENS = 600
+from grpo.rewards.tokens import FUNCTION_NAMES, GREEK, TRIG, ParseError, number_node, tokenize
+from grpo.rewards.tree import children, rebuild
+
+__all__ = ["ParseError", "children", "parse", "rebuild"]
+
 MAX_DEPTH = 60
-MAX_DIGITS = 1000  # longest number literal (Python refuses int("9" * 4301) anyway)
-MAX_EXPONENT_LITERAL = 1000  # largest |exponent| of a literal such as 4.5e33
 
-_TOKEN_RE = re.compile(
-    r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-    r"|(?P<begin>\\begin\s*\{[a-zA-Z*]+\}(?:\{[a-zA-Z|]*\})?)"
-    r"|(?P<end>\\end\s*\{[a-zA-Z*]+\})"
-    r"|(?P<rowsep>\\\\)"
-    r"|(?P<cmd>\\[a-zA-Z]+|\\[{}])"
-    r"|(?P<word>[a-zA-Z]+)"
-    r"|(?P<op><=|>=|!=|[-+*/^_=<>(),\[\]{}|!:&;'])"
-    r"|(?P<ws>\s+)"
-)
-
-TRIG = ("sin", "cos", "tan", "cot", "sec", "csc")
-FUNCTION_NAMES = frozenset(
-    TRIG + tuple("arc" + t for t in TRIG) + ("sinh", "cosh", "tanh", "coth", "log", "ln", "lg", "exp",
-                                             "sqrt", "gcd", "lcm", "max", "min", "det", "abs")
-)
-# longest first, so "sinh" wins over "sin" when a word is split ("sinhx" -> sinh x)
-_WORD_PREFIXES = sorted(FUNCTION_NAMES | {"pi"}, key=len, reverse=True)
-GREEK = frozenset(
-    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho "
-    "varrho sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma "
-    "Upsilon Phi Psi Omega ell".split()
-)
 _CONSTANT_WORDS = {"pi": "pi", "e": "e", "i": "i"}
 _CONSTANT_COMMANDS = {"\\pi": "pi", "\\infty": "oo", "\\imath": "i"}
 _RELATIONS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "!=": "!=", "\\approx": "=",
@@ -61,64 +34,6 @@ _MATRIX_ENVS = frozenset("pmatrix bmatrix Bmatrix vmatrix Vmatrix matrix smallma
 _INFIX_COMMANDS = frozenset(["\\cup", "\\cap", "\\pm", "\\mp", "\\in", "\\rfloor", "\\rceil", "\\}",
                              "\\overline"]) | frozenset(_RELATIONS)
 _ELLIPSES = frozenset(["\\ldots", "\\cdots", "\\dots", "\\dotsc", "\\dotsb"])
-
-
-class ParseError(Exception):
-    """The text is not an answer this parser understands."""
-
-
-def tokenize(text: str) -> list[tuple[str, str]]:
-    """(kind, text) tokens; letters run together ("xy") become one token per letter or function name."""
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN_RE.match(text, pos)
-        if not match:
-            raise ParseError(f"unexpected character {text[pos]!r}")
-        pos = match.end()
-        kind = match.lastgroup
-        if kind == "ws":
-            continue
-        value = match.group(0)
-        if kind == "word":
-            tokens.extend(_split_word(value))
-        else:
-            tokens.append((kind, value))
-        if len(tokens) > MAX_TOKENS:
-            raise ParseError("answer too long")
-    return tokens
-
-
-def _split_word(word: str) -> list[tuple[str, str]]:
-    """"sinx" -> sin, x;  "xy" -> x, y;  "pi" -> pi: known names first, then single letters."""
-    out = []
-    i = 0
-    while i < len(word):
-        for name in _WORD_PREFIXES:
-            if word.startswith(name, i):
-                out.append(("word", name))
-                i += len(name)
-                break
-        else:
-            out.append(("word", word[i]))
-            i += 1
-    return out
-
-
-def _significant_digits(text: str) -> int:
-    """Significant digits of a decimal literal: "6366.2" -> 5, "0.000672" -> 3, "4.5e33" -> 2."""
-    mantissa = re.split("[eE]", text)[0].replace(".", "").lstrip("0")
-    return max(len(mantissa), 1)
-
-
-def _number(text: str) -> tuple:
-    mantissa, _, exponent = text.lower().partition("e")
-    # Fraction("1e999999999") would build a billion-digit integer: such literals are not answers
-    if (exponent and abs(int(exponent)) > MAX_EXPONENT_LITERAL) or len(mantissa) > MAX_DIGITS:
-        raise ParseError("number literal too large")
-    # a decimal point or an exponent marks a possibly rounded value: remember its precision
-    approx = _significant_digits(text) if ("." in text.rstrip(".") or exponent) else 0
-    return ("num", Fraction(text.rstrip(".") or "0"), approx)
 
 
 def _mul(a: tuple, b: tuple) -> tuple:
@@ -358,7 +273,7 @@ class _Parser:
         if kind == "num":
             if self.peek() == ("cmd", "\\overline") and "." in value:
                 return self._repeating_decimal(value)
-            return _number(value)
+            return number_node(value)
         if kind == "word":
             if value in _CONSTANT_WORDS:
                 return ("const", _CONSTANT_WORDS[value])
@@ -493,47 +408,6 @@ class _Parser:
         if len({len(r) for r in rows}) != 1:
             raise ParseError("ragged matrix")
         return ("matrix", tuple(rows))
-
-
-def children(node: tuple) -> tuple:
-    """The sub-trees of a node, whatever its kind."""
-    kind = node[0]
-    if kind in ("neg", "pm"):
-        return (node[1],)
-    if kind in ("add", "mul", "list", "set", "union", "ratio"):
-        return node[1]
-    if kind in ("div", "pow"):
-        return (node[1], node[2])
-    if kind == "fn":
-        return node[2]
-    if kind == "tuple":
-        return node[3]
-    if kind == "matrix":
-        return tuple(cell for row in node[1] for cell in row)
-    if kind == "rel":
-        return node[2]
-    return ()
-
-
-def rebuild(node: tuple, kids: tuple) -> tuple:
-    """`node` with its sub-trees replaced by `kids` (in the order children() gives them)."""
-    kind = node[0]
-    if kind in ("neg", "pm"):
-        return (kind, kids[0])
-    if kind in ("add", "mul", "list", "set", "union", "ratio"):
-        return (kind, tuple(kids))
-    if kind in ("div", "pow"):
-        return (kind, kids[0], kids[1])
-    if kind == "fn":
-        return ("fn", node[1], tuple(kids))
-    if kind == "tuple":
-        return ("tuple", node[1], node[2], tuple(kids))
-    if kind == "matrix":
-        width = len(node[1][0])
-        return ("matrix", tuple(tuple(kids[r * width:(r + 1) * width]) for r in range(len(node[1]))))
-    if kind == "rel":
-        return ("rel", node[1], tuple(kids), node[3])
-    return node
 
 
 def parse(text: str) -> tuple:

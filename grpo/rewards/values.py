@@ -16,7 +16,7 @@ import cmath
 import math
 from fractions import Fraction
 
-from grpo.rewards.parse import children
+from grpo.rewards.tree import children
 
 MAX_EXACT_BITS = 20_000  # exact powers up to about 6,000 digits
 MAX_FACTORIAL = 1_000
