@@ -1,16 +1,24 @@
 """Find the final answer in a model's output: the text a verifier should judge.
 
-The order follows what R1-Zero templates ask for and what graders of MATH-style outputs use:
+Only the part after the last `</think>` is read when the output closes its thought: an answer that
+appears only inside the reasoning does not count (R1 graders strip the reasoning the same way).
+In that part, the strict order follows what R1-Zero templates ask for and what graders of
+MATH-style outputs use (`extract_strict`):
 1. the last `<answer>...</answer>` block; inside it, its last `\\boxed{}` when there is one;
 2. else the last `\\boxed{...}` / `\\fbox{...}` anywhere;
 3. else the last "answer is ..." / "Answer: ..." phrase, up to the end of its sentence;
-4. else the whole output, when it is short and on one line (a bare answer such as "3/4").
+4. else the whole output, when it is short, on one line and not prose (a bare answer such as "3/4").
+When none applies, or the answer block holds prose, `extract_answer` falls back to the last math
+expression or the last number of the text (freetext.py states the rule). The format reward never
+uses that fallback: it checks the strict shape itself.
 Everything here is string search and brace counting, linear in the length of the text (no
 regex that can backtrack over a 30,000-character output), and nothing is ever evaluated.
 """
 from __future__ import annotations
 
 import re
+
+from grpo.rewards.freetext import free_text_answer
 
 # A bare output longer than this, or spanning lines, is prose rather than an answer.
 MAX_BARE_CHARS = 200
@@ -24,6 +32,11 @@ _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
 # its line; `_cut_sentence` trims what follows the answer itself.
 _PHRASE_RE = re.compile(r"answer\s*(?:is\b|:)\s*:?\s*(.+)", re.IGNORECASE)
 _DOLLAR_RE = re.compile(r"(?<!\\)\$\$?(.+?)(?<!\\)\$\$?", re.DOTALL)  # "\$" is a dollar sign, not math
+# Prose rather than a bare answer: a math delimiter, or three words (outside commands) and a digit.
+_DELIMITER_RE = re.compile(r"(?<!\\)\$|\\[\[(]")
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
+_TAG_RE = re.compile(r"</?[a-zA-Z]+>")
+THINK_END = "</think>"
 
 
 def matching_brace(text: str, start: int) -> int:
@@ -46,22 +59,31 @@ def matching_brace(text: str, start: int) -> int:
     return -1
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` or `\\fbox{...}` (or `\\boxed 5`), or None."""
-    matches = list(_BOXED_RE.finditer(text))
-    for match in reversed(matches[-MAX_BOXED_TRIES:]):  # the last one that is well formed
+def boxed_answers(text: str) -> list[str]:
+    """Contents of the last well-formed `\\boxed{...}` / `\\fbox{...}` (or `\\boxed 5`), in order.
+
+    Only the last MAX_BOXED_TRIES occurrences are looked at, so the work stays linear.
+    """
+    found = []
+    for match in list(_BOXED_RE.finditer(text))[-MAX_BOXED_TRIES:]:
         i = match.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
             end = matching_brace(text, i)
             if end != -1:
-                return text[i + 1:end].strip()
+                found.append(text[i + 1:end].strip())
         elif i > match.end() and i < len(text):  # "\boxed 5": one token up to a space or '$'
             token = re.match(r"[^\s$]+", text[i:])
             if token:
-                return token.group(0)
-    return None
+                found.append(token.group(0))
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` or `\\fbox{...}` (or `\\boxed 5`), or None."""
+    found = boxed_answers(text)
+    return found[-1] if found else None
 
 
 def _cut_sentence(tail: str) -> str:
@@ -93,22 +115,51 @@ def last_answer_block(text: str) -> str | None:
     return None if start == -1 else text[start + len("<answer>"):end]
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a model output or bare answer (see the module docstring), or None."""
-    block = last_answer_block(text)
+def answer_region(text: str) -> str:
+    """The part of an output that states its answer: after the last `</think>`, else all of it."""
+    end = text.rfind(THINK_END)
+    return text if end == -1 else text[end + len(THINK_END):]
+
+
+def is_prose(text: str) -> bool:
+    """Is `text` a sentence (math delimiters, or three words and a digit) rather than a bare answer?"""
+    if _DELIMITER_RE.search(text) or _TAG_RE.search(text):
+        return True
+    return any(ch.isdigit() for ch in text) and len(_WORD_RE.findall(text)) >= 3
+
+
+def _strict(region: str) -> tuple[str | None, bool]:
+    """(answer, whether it is a whole answer block taken as written) by the strict order."""
+    block = last_answer_block(region)
     if block is not None:
         boxed = last_boxed(block)
         if boxed is not None:
-            return boxed
+            return boxed, False
         phrase = answer_phrase(block)
-        return phrase if phrase is not None else block.strip()
-    boxed = last_boxed(text)
+        return (phrase, False) if phrase is not None else (block.strip(), True)
+    boxed = last_boxed(region)
     if boxed is not None:
-        return boxed
-    phrase = answer_phrase(text)
+        return boxed, False
+    phrase = answer_phrase(region)
     if phrase is not None:
-        return phrase
-    bare = text.strip()
-    if bare and len(bare) <= MAX_BARE_CHARS and "\n" not in bare and "<" not in bare:
-        return bare
-    return None
+        return phrase, False
+    bare = region.strip()
+    if bare and len(bare) <= MAX_BARE_CHARS and "\n" not in bare and not is_prose(bare):
+        return bare, False
+    return None, False
+
+
+def extract_strict(text: str) -> str | None:
+    """The final answer by the strict order (module docstring, 1-4), or None."""
+    return _strict(answer_region(text))[0]
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a model output or bare answer: strict order, else the prose fallback."""
+    region = answer_region(text)
+    found, whole_block = _strict(region)
+    if found is None:
+        return free_text_answer(region)
+    if whole_block and is_prose(found):  # "<answer>So the total is 2,500.75.</answer>"
+        return free_text_answer(found)
+    return found

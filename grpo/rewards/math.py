@@ -1,7 +1,9 @@
 """MATH-style answers (MATH, MATH-500, AIME, AMC, DeepScaleR, OlympiadBench, Minerva): extract, compare.
 
 `verify_math(response, ground_truth)` extracts the response's final answer (extract.py) and asks
-equivalence.py whether it is the gold answer. Gold answers come in every shape the public data
+equivalence.py whether it is the gold answer. A response gives one answer: when its answer block
+(or, without one, its text after the thought) boxes several answers that are not the same answer,
+it has hedged between candidates and is wrong, whichever of them is right. Gold answers come in every shape the public data
 uses: a LaTeX string ("\\frac{14}{3}"), a solution whose last `\\boxed{}` holds the answer, a float
 (DeepScaleR's AMC file stores 142.0), or a list of acceptable alternatives (Minerva stores
 ["6630.65", "6630"]); any alternative may match.
@@ -13,7 +15,7 @@ from typing import Any
 
 from grpo.errors import UserError
 from grpo.rewards.equivalence import equivalent
-from grpo.rewards.extract import extract_answer, last_boxed
+from grpo.rewards.extract import answer_region, boxed_answers, extract_answer, last_answer_block, last_boxed
 
 
 def gold_answers(ground_truth: Any) -> list[str]:
@@ -42,10 +44,18 @@ def gold_answers(ground_truth: Any) -> list[str]:
     return answers
 
 
+def hedged(response: str, predicted: str) -> bool:
+    """Does the response box other answers than `predicted` where it states its answer?"""
+    region = answer_region(response)
+    block = last_answer_block(region)
+    boxes = boxed_answers(block if block is not None else region)
+    return any(box != predicted and not equivalent(predicted, box) for box in boxes)
+
+
 def verify_math(response: str, ground_truth: Any) -> bool:
-    """True when the response's final answer is equivalent to a gold answer."""
+    """True when the response's one final answer is equivalent to a gold answer."""
     golds = gold_answers(ground_truth)
     predicted = extract_answer(response)
-    if predicted is None:
+    if predicted is None or not any(equivalent(gold, predicted) for gold in golds):
         return False
-    return any(equivalent(gold, predicted) for gold in golds)
+    return not hedged(response, predicted)
