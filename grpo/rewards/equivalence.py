@@ -9,32 +9,27 @@ The checks run cheapest first and stop at the first verdict:
    - "1 \\pm \\sqrt{2}" is the list of both values; "x = 3" answers "3" (a name on the left);
      two equations are equal when one is a nonzero multiple of the other (y = 2x and 2x - y = 0);
      "x > 3" is the interval (3, \\infty);
-   - a column vector matches the tuple of its entries;
-   - "58,500" may be a thousands-separated number, and "50%" may mean 50 or 0.5;
-4. scalars compare exactly as rationals (0.5 = \\frac{1}{2}); else numerically as complex floats
-   at a few fixed points for their symbols (relative tolerance 1e-9; 1e-6 when a decimal with
-   at least six significant digits may be a rounded irrational: 1.7320508 is sqrt(3), 6366.2 is
-   not 20000/pi); else, when no point gives a value, with sympy.simplify. Random-point testing
-   proves (x+1)^2 = x^2+2x+1 in microseconds where simplify takes milliseconds, and it cannot be
-   fooled into a hang by a huge power (see values.py).
+   - matrices match entry by entry whatever their brackets (pmatrix, bmatrix, array); a column or
+     row vector matches the tuple of its entries, (1, 2) or [1, 2];
+   - "58,500" and "2,500.75" may be thousands-separated numbers, and "50%" may mean 50 or 0.5;
+4. scalars compare as scalars.py says: exactly as rationals (0.5 = \\frac{1}{2}), else numerically
+   at a few fixed points, with the tolerance set by the significant digits a decimal is written
+   with (1.3333 is 4/3, 3.14 is not pi); else, when no point gives a value, with sympy.simplify.
+Relations (equations, inequalities, chains, "\\approx") are read as relations.py says.
 """
 from __future__ import annotations
 
 import itertools
-import random
 import re
 from fractions import Fraction
 
 from grpo.rewards.latex import MAX_ANSWER_CHARS, Normalized, normalize
 from grpo.rewards.parse import ParseError, parse
 from grpo.rewards.tree import children, rebuild
-from grpo.rewards.values import (NoValue, approximation_digits, check_small, exact, free_symbols, numeric,
-                                 to_sympy)
+from grpo.rewards.relations import INVALID, as_interval, assignment_value, proportional_forms, settle
+from grpo.rewards.scalars import same_scalar
+from grpo.rewards.values import NoValue, free_symbols
 
-EXACT_RTOL = 1e-9  # float noise of evaluating an exact expression
-APPROX_RTOL = 1e-6  # a rounded decimal answer is accepted within this relative error...
-APPROX_DIGITS = 6  # ...when it is written with at least this many significant digits
-ATOL = 1e-12
 MAX_ITEMS = 50  # longest list/set compared element by element
 MAX_PM_VARIANTS = 8
 
@@ -42,88 +37,8 @@ _STRUCTURES = frozenset(["list", "set", "tuple", "union", "matrix", "rel", "rati
 _UNORDERED = frozenset(["list", "set"])
 _CHOICE_RE = re.compile(r"\(([a-e])\)|([a-e])")
 _WORD_RE = re.compile(r"[a-z]{3,}")
-_THOUSANDS_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d.]|,\d)")
+_THOUSANDS_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d.]|,\d)")
 _ONE_HUNDREDTH = ("num", Fraction(1, 100), 0)
-
-
-def _sample_points(symbols: set[str]) -> list[dict[str, complex]]:
-    """Fixed pseudo-random points: three with positive values, one with negative ones.
-
-    The negative point keeps |x| and x (or sqrt(x^2) and x) apart; fixed seeds make every
-    verdict reproducible.
-    """
-    names = sorted(symbols)
-    points = []
-    for k, (low, high) in enumerate([(0.3, 2.2), (0.3, 2.2), (0.3, 2.2), (-2.2, -0.3)]):
-        rng = random.Random(1009 * k + 17)
-        points.append({name: complex(rng.uniform(low, high)) for name in names})
-    return points
-
-
-def _close(a: complex, b: complex, rtol: float) -> bool:
-    return abs(a - b) <= rtol * max(abs(a), abs(b)) + ATOL
-
-
-def _infinity_sign(node: tuple) -> int:
-    if node == ("const", "oo"):
-        return 1
-    if node[0] == "neg":
-        return -_infinity_sign(node[1])
-    return 0
-
-
-def _numeric_verdict(a: tuple, b: tuple, rtol: float) -> bool | None:
-    """True/False when enough sample points give both sides a value, else None."""
-    symbols = free_symbols(a) | free_symbols(b)
-    points = _sample_points(symbols) if symbols else [{}]
-    valid = 0
-    for point in points:
-        try:
-            va, vb = numeric(a, point), numeric(b, point)
-        except NoValue:
-            continue  # undefined here on at least one side: this point says nothing
-        if not _close(va, vb, rtol):
-            return False
-        valid += 1
-    return True if valid >= (2 if symbols else 1) else None
-
-
-def _sympy_equal(a: tuple, b: tuple) -> bool:
-    try:
-        check_small(a)  # refuse huge trees before sympy is even imported
-        check_small(b)
-        left, right = to_sympy(a), to_sympy(b)
-    except NoValue:
-        return False
-    try:
-        import sympy
-
-        return bool(sympy.simplify(left - right) == 0)
-    except Exception:  # sympy raises many kinds of errors on odd input
-        return False
-
-
-def same_scalar(a: tuple, b: tuple) -> bool:
-    """Are two scalar trees equal: exactly, else numerically, else symbolically?"""
-    sign_a, sign_b = _infinity_sign(a), _infinity_sign(b)
-    if sign_a or sign_b:
-        return sign_a == sign_b
-    digits = [d for d in (approximation_digits(a), approximation_digits(b)) if d is not None]
-    # a decimal with enough digits may be a rounded irrational (1.7320508 for sqrt 3); one with
-    # few digits (6366.2 for 20000/pi) is a rounding, not the answer
-    rtol = APPROX_RTOL if digits and min(digits) >= APPROX_DIGITS else EXACT_RTOL
-    value_a, value_b = exact(a), exact(b)
-    if value_a is not None and value_b is not None:
-        if value_a == value_b:
-            return True
-        try:
-            return rtol > EXACT_RTOL and _close(complex(float(value_a)), complex(float(value_b)), rtol)
-        except OverflowError:
-            return False
-    verdict = _numeric_verdict(a, b, rtol)
-    if verdict is not None:
-        return verdict
-    return _sympy_equal(a, b)
 
 
 def _pm_variants(node: tuple) -> list[tuple]:
@@ -150,44 +65,6 @@ def _expand_pm(node: tuple) -> tuple:
     return ("list", tuple(variants)) if len(variants) > 1 else node
 
 
-def _assignment_value(node: tuple) -> tuple | None:
-    """The right side of "x = 3", "f(x) = x + 1" (a name on the left), else None."""
-    if node[0] == "rel" and node[1] == ("=",) and node[3]:
-        return _expand_pm(node[2][1])
-    return None
-
-
-def _as_interval(node: tuple) -> tuple | None:
-    """"x > 3" -> (3, \\infty); "-2 <= x < 7" -> [-2, 7); None for anything else."""
-    if node[0] != "rel" or "=" in node[1] or "!=" in node[1]:
-        return None
-    ops, operands = node[1], node[2]
-    oo = ("const", "oo")
-    if len(ops) == 1:
-        left, right = operands
-        if left[0] == "sym" and right[0] != "sym":
-            var_first, bound = True, right
-        elif right[0] == "sym" and left[0] != "sym":
-            var_first, bound = False, left
-        else:
-            return None
-        op = ops[0]
-        greater = (op in (">", ">=")) == var_first  # x > b or b < x: the variable is above b
-        closed = "=" in op
-        if greater:
-            return ("tuple", "[" if closed else "(", ")", (bound, oo))
-        return ("tuple", "(", "]" if closed else ")", (("neg", oo), bound))
-    if len(ops) == 2 and operands[1][0] == "sym":
-        if all(op in ("<", "<=") for op in ops):
-            low, high, (op_low, op_high) = operands[0], operands[2], ops
-        elif all(op in (">", ">=") for op in ops):
-            low, high, (op_high, op_low) = operands[2], operands[0], ops
-        else:
-            return None
-        return ("tuple", "[" if "=" in op_low else "(", "]" if "=" in op_high else ")", (low, high))
-    return None
-
-
 def _unordered(items_a: tuple, items_b: tuple) -> bool:
     if len(items_a) != len(items_b) or len(items_a) > MAX_ITEMS:
         return False
@@ -207,47 +84,37 @@ def _same_equation(a: tuple, b: tuple) -> bool:
     (lhs_a, rhs_a), (lhs_b, rhs_b) = a[2], b[2]
     if a[3] and b[3] and lhs_a == lhs_b:
         return same_tree(_expand_pm(rhs_a), _expand_pm(rhs_b))
-    diff_a = ("add", (lhs_a, ("neg", rhs_a)))
-    diff_b = ("add", (lhs_b, ("neg", rhs_b)))
-    symbols = free_symbols(diff_a) | free_symbols(diff_b)
-    if not symbols or free_symbols(diff_a) != free_symbols(diff_b):
-        return False
-    ratio = None
-    valid = 0
-    for point in _sample_points(symbols):
-        try:
-            va, vb = numeric(diff_a, point), numeric(diff_b, point)
-        except NoValue:
-            continue
-        if abs(vb) <= ATOL or abs(va) <= ATOL:
-            continue
-        if ratio is None:
-            ratio = va / vb
-        elif not _close(va / vb, ratio, EXACT_RTOL * 100):
-            return False
-        valid += 1
-    return valid >= 2
+    return proportional_forms(a, b)
+
+
+def _same_relation(a: tuple, b: tuple) -> bool:
+    if a[1] == ("=",) and b[1] == ("=",):
+        return _same_equation(a, b)
+    interval_a, interval_b = as_interval(a), as_interval(b)
+    if interval_a is not None and interval_b is not None:  # "-y > -2" is "y < 2", not "x < 2"
+        return free_symbols(a) == free_symbols(b) and same_tree(interval_a, interval_b)
+    if len(a[1]) == 1 and len(b[1]) == 1 and proportional_forms(a, b):
+        return True
+    return a[1] == b[1] and len(a[2]) == len(b[2]) and all(map(same_tree, a[2], b[2]))
 
 
 def same_tree(a: tuple, b: tuple) -> bool:
     """Are two parsed answers the same answer? (the structural rules of the module docstring)"""
     if a == b:  # the same tree is the same answer, however hard it would be to evaluate
         return True
+    a, b = settle(a), settle(b)
+    if a is INVALID or b is INVALID:
+        return False
     a, b = _expand_pm(a), _expand_pm(b)
     kind_a, kind_b = a[0], b[0]
     if kind_a == "rel" and kind_b == "rel":
-        if a[1] == ("=",) and b[1] == ("=",):
-            return _same_equation(a, b)
-        interval_a, interval_b = _as_interval(a), _as_interval(b)
-        if interval_a is not None and interval_b is not None:
-            return same_tree(interval_a, interval_b)
-        return a[1] == b[1] and len(a[2]) == len(b[2]) and all(map(same_tree, a[2], b[2]))
+        return _same_relation(a, b)
     for x, y in ((a, b), (b, a)):
         if x[0] == "rel":
-            value = _assignment_value(x)
+            value = assignment_value(x)
             if value is not None:
-                return same_tree(value, y)
-            interval = _as_interval(x)
+                return same_tree(_expand_pm(value), y)
+            interval = as_interval(x)
             return interval is not None and y[0] in ("tuple", "union") and same_tree(interval, y)
     if kind_a in _UNORDERED and kind_b in _UNORDERED:
         return _unordered(a[1], b[1])
@@ -260,7 +127,8 @@ def same_tree(a: tuple, b: tuple) -> bool:
         return (len(a[1]) == len(b[1]) and len(a[1][0]) == len(b[1][0])
                 and all(map(same_tree, children(a), children(b))))
     for x, y in ((a, b), (b, a)):
-        if x[0] == "matrix" and y[0] == "tuple" and y[1:3] == ("(", ")") and 1 in (len(x[1]), len(x[1][0])):
+        # a vector written as a tuple: (1, 2) or [1, 2] against a one-column or one-row matrix
+        if x[0] == "matrix" and y[0] == "tuple" and y[1:3] in (("(", ")"), ("[", "]")) and 1 in (len(x[1]), len(x[1][0])):
             cells = children(x)
             return len(cells) == len(y[3]) and all(map(same_tree, cells, y[3]))
     if kind_a == "union" and kind_b == "union":

@@ -35,8 +35,10 @@ class Normalized:
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ", "\u22c5": r"\cdot ",
     "\u00f7": r"\div ", "\u03c0": r"\pi ", "\u221a": r"\sqrt", "\u221e": r"\infty ", "\u2264": "<=",
-    "\u2265": ">=", "\u2260": "!=", "\u00b0": "", "\u222a": r"\cup ", "\u2229": r"\cap ", "\u2208": r"\in ",
+    "\u2265": ">=", "\u2260": "!=", "\u2248": r"\approx ", "\u00b0": "", "\u222a": r"\cup ", "\u2229": r"\cap ", "\u2208": r"\in ",
     "\u2205": r"\emptyset ", "\u00b1": r"\pm ", "\u2009": " ", "\u00a0": " ", "\u202f": " ",
+    "\u00b2": "^2", "\u00b3": "^3",  # km², m³: the exponent of a unit
+    "\u20ac": " ", "\u00a3": " ", "\u00a5": " ", "\u20b9": " ",  # currency signs go, like "$"
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 
@@ -70,6 +72,7 @@ _SUBSTITUTIONS = [
     (re.compile(r"\\(?:times|cdot|ast)(?![a-zA-Z])"), "*"),
     (re.compile(r"\\div(?![a-zA-Z])"), "/"),
     (re.compile(r"\\(?:varnothing)(?![a-zA-Z])"), r"\\emptyset"),
+    (re.compile(r"\\(?:euro|texteuro|pounds|yen|textdollar)(?![a-zA-Z])"), " "),
     (re.compile(r"\\(?:lor|vee)(?![a-zA-Z])"), ","),
     (re.compile(r"\\(?:land|wedge)(?![a-zA-Z])"), ","),
     (re.compile(r"\\(?:infin|infinity)(?![a-zA-Z])|(?<![a-zA-Z\\])(?:infinity|infty|inf)(?![a-zA-Z])"), r"\\infty"),
@@ -93,13 +96,13 @@ _UNIT_WORDS = (
     "cents", "cent", "hours", "hour", "hrs", "hr", "minutes", "minute", "min", "mins", "seconds", "second",
     "sec", "days", "day", "weeks", "years", "year", "kg", "grams", "gram", "pounds", "lbs", "lb", "ounces",
     "oz", "liters", "litres", "ml", "gallons", "people", "students", "ways", "sq", "square", "cubic",
-    "percent", "points", "times",
+    "percent", "points", "times", "usd", "eur", "euros", "euro",
 )
 _UNIT_RE = re.compile(
     r"(?<=[\d}).\s])\s*(?:" + "|".join(sorted(map(re.escape, _UNIT_WORDS), key=len, reverse=True))
     + r")(?:\s*\^\s*(?:\{[^{}]*\}|-?\d))?(?![a-zA-Z])\.?"
 )
-_PERCENT_RE = re.compile(r"\\%|%|(?<![a-zA-Z])percent(?![a-zA-Z])")
+_PERCENT_RE = re.compile(r"\\%|%|(?<![a-zA-Z])(?:percent|per cent|pct)(?![a-zA-Z])")
 _TEXT_ANSWER_RE = re.compile(r"[A-Za-z][A-Za-z '\-]*")
 _IN_PREFIX_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*\\in(?![a-zA-Z])\s*")
 _ARGUMENT_COMMAND_RE = re.compile(r"\\(frac|binom|sqrt)(?![a-zA-Z])")
@@ -201,6 +204,7 @@ def normalize(answer: str) -> Normalized:
     text = text.replace("\\$", " ").replace("$", " ")
     for pattern in (r"^\\\(", r"\\\)$", r"^\\\[", r"\\\]$"):
         text = re.sub(pattern, "", text.strip())
+    text = re.sub(r"\\+\s*$", "", text)  # a stray trailing "\" or row break "\\" ends nothing
     text = re.sub(r"(?<!\\)[\s.,;]+$", "", text)  # "\text{(E)}," is a whole-text answer; "\," is a space
     text, is_text = _replace_wrappers(text)
     for pattern, replacement in _SUBSTITUTIONS:

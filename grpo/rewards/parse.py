@@ -27,7 +27,7 @@ MAX_DEPTH = 60
 
 _CONSTANT_WORDS = {"pi": "pi", "e": "e", "i": "i"}
 _CONSTANT_COMMANDS = {"\\pi": "pi", "\\infty": "oo", "\\imath": "i"}
-_RELATIONS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "!=": "!=", "\\approx": "=",
+_RELATIONS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "!=": "!=", "\\approx": "~",
               "\\equiv": "=", "\\Rightarrow": "=", "\\implies": "="}
 _MATRIX_ENVS = frozenset("pmatrix bmatrix Bmatrix vmatrix Vmatrix matrix smallmatrix array".split())
 # commands that sit between operands: they never start an implicit product

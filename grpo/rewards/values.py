@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import cmath
 import math
+import random
 from fractions import Fraction
 
 from grpo.rewards.tree import children
@@ -21,6 +22,7 @@ from grpo.rewards.tree import children
 MAX_EXACT_BITS = 20_000  # exact powers up to about 6,000 digits
 MAX_FACTORIAL = 1_000
 MAX_SYMPY_INT = 10 ** 60  # numbers and exponents sympy may see in the fallback
+ATOL = 1e-12  # absolute slack of float comparisons (values near zero)
 
 
 class NoValue(Exception):
@@ -244,6 +246,25 @@ def _numeric(node: tuple, point: dict[str, complex]) -> complex:
                 raise NoValue("gcd of non-integers")
             return complex(math.gcd(*ints) if name == "gcd" else math.lcm(*ints))
     raise NoValue(f"no numeric value for {kind}")
+
+
+def sample_points(symbols: set[str]) -> list[dict[str, complex]]:
+    """Fixed pseudo-random points: three with positive values, one with negative ones.
+
+    The negative point keeps |x| and x (or sqrt(x^2) and x) apart; fixed seeds make every
+    verdict reproducible.
+    """
+    names = sorted(symbols)
+    points = []
+    for k, (low, high) in enumerate([(0.3, 2.2), (0.3, 2.2), (0.3, 2.2), (-2.2, -0.3)]):
+        rng = random.Random(1009 * k + 17)
+        points.append({name: complex(rng.uniform(low, high)) for name in names})
+    return points
+
+
+def close(a: complex, b: complex, rtol: float) -> bool:
+    """|a - b| within `rtol` of the larger magnitude (plus ATOL near zero)."""
+    return abs(a - b) <= rtol * max(abs(a), abs(b)) + ATOL
 
 
 def free_symbols(node: tuple) -> set[str]:

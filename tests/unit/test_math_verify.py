@@ -146,7 +146,9 @@ def test_negative_zero_does_not_flip_the_branch_cut():
     (r"\frac{1}{2}", "0.5", True),
     (r"\frac{2}{3}", "0.67", False),  # rounded: not the exact answer
     (r"\frac{2}{3}", "0.6666666667", True),  # 10 significant digits
-    (r"\frac{20000}{\pi}", "6366.2", False),  # 5 significant digits is a rounding, not the answer
+    (r"\frac{20000}{\pi}", "6366.2", True),  # 5 significant digits: 6366.198 rounds to it
+    (r"\frac{20000}{\pi}", "6366", False),  # an integer is exact: not a rounding
+    (r"7\sqrt{2}", "9.899", False),  # 4 significant digits: too few to stand for sqrt(2)
     (r"\sqrt{3}", "1.7320508", True),  # 8 significant digits: within 1e-6
     (r"-\frac{1}{2}", r"\frac{-1}{2}", True),
     (r"\frac{14}{3}", r"4\frac{2}{3}", True),  # mixed number
