@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from grpo.rewards.freetext import free_text_answer
+from grpo.rewards.latex import UNIT_WORDS, matching_brace
 
 # A bare output longer than this, or spanning lines, is prose rather than an answer.
 MAX_BARE_CHARS = 200
@@ -32,35 +33,16 @@ _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
 # its line; `_cut_sentence` trims what follows the answer itself.
 _PHRASE_RE = re.compile(r"answer\s*(?:is\b|:)\s*:?\s*(.+)", re.IGNORECASE)
 _DOLLAR_RE = re.compile(r"(?<!\\)\$\$?(.+?)(?<!\\)\$\$?", re.DOTALL)  # "\$" is a dollar sign, not math
-# Prose rather than a bare answer: a math delimiter, or three words (outside commands) and a digit.
 _DELIMITER_RE = re.compile(r"(?<!\\)\$|\\[\[(]")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _TAG_RE = re.compile(r"</?[a-zA-Z]+>")
+_COMMAND_RE = re.compile(r"\\(?:begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+")  # \begin{pmatrix} is no word
+_BARE_WORDS = frozenset(UNIT_WORDS) | {"and", "or", "sq"}
 THINK_END = "</think>"
 
 
-def matching_brace(text: str, start: int) -> int:
-    """Index of the '}' closing the '{' at `start`, or -1; escaped braces (`\\{`, `\\}`) do not count."""
-    depth = 0
-    i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # skip the escaped character, whatever it is
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
-def boxed_answers(text: str) -> list[str]:
-    """Contents of the last well-formed `\\boxed{...}` / `\\fbox{...}` (or `\\boxed 5`), in order.
+def boxed_answers(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of the last well-formed `\\boxed{...}` / `\\fbox{...}` (or `\\boxed 5`), in order.
 
     Only the last MAX_BOXED_TRIES occurrences are looked at, so the work stays linear.
     """
@@ -72,18 +54,22 @@ def boxed_answers(text: str) -> list[str]:
         if i < len(text) and text[i] == "{":
             end = matching_brace(text, i)
             if end != -1:
-                found.append(text[i + 1:end].strip())
+                found.append((match.start(), end + 1, text[i + 1:end].strip()))
+            else:  # "\boxed{7\}": a stray backslash before the closing brace, read as a typo
+                stray = text.find("\\}", i)
+                if stray != -1 and matching_brace(text[i:stray] + "}", 0) == stray - i:
+                    found.append((match.start(), stray + 2, text[i + 1:stray].strip()))
         elif i > match.end() and i < len(text):  # "\boxed 5": one token up to a space or '$'
             token = re.match(r"[^\s$]+", text[i:])
             if token:
-                found.append(token.group(0))
+                found.append((match.start(), i + token.end(), token.group(0)))
     return found
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` or `\\fbox{...}` (or `\\boxed 5`), or None."""
     found = boxed_answers(text)
-    return found[-1] if found else None
+    return found[-1][2] if found else None
 
 
 def _cut_sentence(tail: str) -> str:
@@ -122,10 +108,17 @@ def answer_region(text: str) -> str:
 
 
 def is_prose(text: str) -> bool:
-    """Is `text` a sentence (math delimiters, or three words and a digit) rather than a bare answer?"""
+    """Is `text` a sentence rather than a bare answer?
+
+    Prose has math delimiters, or a digit and words beyond units and "and"/"or": "so x equals
+    -7" is prose, "5 square units" and "2 and 3 feet" are bare answers.
+    """
     if _DELIMITER_RE.search(text) or _TAG_RE.search(text):
         return True
-    return any(ch.isdigit() for ch in text) and len(_WORD_RE.findall(text)) >= 3
+    if not any(ch.isdigit() for ch in text):
+        return False
+    words = [w.lower() for w in _WORD_RE.findall(_COMMAND_RE.sub(" ", text))]
+    return len(words) >= 3 or any(w not in _BARE_WORDS for w in words)
 
 
 def _strict(region: str) -> tuple[str | None, bool]:

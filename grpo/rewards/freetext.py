@@ -7,8 +7,11 @@ Graders of free-form outputs read the last thing the text states; so do we, by o
    followed by a space, and at line breaks; a question or a sentence that sets up the problem,
    "Find ...", "Let ...", is skipped: restating the question is not answering it);
 3. in that sentence the answer is the last math span, else the last number. A span that only names
-   a variable ("the value of $x$ is 5") is a mention, not an answer;
-4. a sentence offering alternatives ("$3$ or $5$") states no single answer: none is read.
+   a variable ("the value of $x$ is 5") is a mention, not an answer, and a value introduced by
+   "about", "approximately", "roughly" or "\\approx" annotates the answer before it ("$\\sqrt 2$,
+   about $1.41$");
+4. candidates joined only by commas and "and" are one list answer ("the roots are $2$ and $3$":
+   "2, 3"); a sentence offering alternatives ("$3$ or $5$") states no single answer: none is read.
 A `$` right before a digit whose partner `$` also precedes a digit ("costs $5 and $7") is a
 currency sign, not math. The scan is linear in the text: the delimiters are found by one regex
 pass and paired left to right, never by a backtracking search.
@@ -36,6 +39,9 @@ _SETUP_RE = re.compile(r"\s*(?:find|compute|calculate|determine|evaluate|simplif
 _ALTERNATIVE_RE = re.compile(r"\bor\b|\beither\b", re.IGNORECASE)
 # "$x$", "$a_1$", "$f(x)$", "$\theta$": naming a quantity, not giving its value
 _MENTION_RE = re.compile(r"\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([a-z, ]*\))?'*\s*")
+_ANNOTATION_RE = re.compile(r"(?:about|approximately|approx\.?|roughly|around|nearly|\\approx|\u2248)\W{0,3}$",
+                            re.IGNORECASE)
+_JOINER_RE = re.compile(r"\s*(?:,|,?\s*and)\s*")
 _MASK = "\0"
 
 
@@ -104,7 +110,13 @@ def free_text_answer(text: str) -> str | None:
             continue
         if len(in_sentence) > 1 and _ALTERNATIVE_RE.search(sentence):
             return None
+        stated = [c for c in in_sentence if not _ANNOTATION_RE.search(text[max(0, c[0] - 16):c[0]])]
+        in_sentence = stated or in_sentence
         in_math = [c for c in in_sentence if c in spans]
-        chosen = in_math[-1] if in_math else in_sentence[-1]
-        return chosen[2].strip() or None
+        pool = in_math or in_sentence
+        chosen = [pool[-1]]
+        # "$x = 2$ and $x = 3$", "2, 3 and 5": candidates joined only by commas and "and" are one list
+        while len(chosen) < len(pool) and _JOINER_RE.fullmatch(text[pool[-len(chosen) - 1][1]:chosen[0][0]]):
+            chosen.insert(0, pool[-len(chosen) - 1])
+        return ", ".join(c[2].strip() for c in chosen) or None
     return None

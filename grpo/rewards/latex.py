@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from grpo.rewards.extract import matching_brace
 
 # Final answers are short; anything longer is not an answer we try to understand (it can still
 # match the ground truth as an identical string).
@@ -89,7 +88,7 @@ _AFTER_OPERAND_RE = re.compile(r"[\w})\].]\s*$")
 
 # Units that may follow a number in bare text ("5 cm", "18 dollars"). Single letters (m, s, g)
 # are left alone: after a number they are just as likely a variable (5m = 5*m).
-_UNIT_WORDS = (
+UNIT_WORDS = (
     "units", "unit", "square units", "sq units", "cubic units", "cm", "centimeters", "centimetres", "mm",
     "millimeters", "meters", "metres", "km", "kilometers", "inches", "inch", "in", "feet", "foot", "ft",
     "yards", "yd", "miles", "mi", "mph", "degrees", "degree", "deg", "radians", "dollars", "dollar",
@@ -99,7 +98,7 @@ _UNIT_WORDS = (
     "percent", "points", "times", "usd", "eur", "euros", "euro",
 )
 _UNIT_RE = re.compile(
-    r"(?<=[\d}).\s])\s*(?:" + "|".join(sorted(map(re.escape, _UNIT_WORDS), key=len, reverse=True))
+    r"(?<=[\d}).\s])\s*(?:" + "|".join(sorted(map(re.escape, UNIT_WORDS), key=len, reverse=True))
     + r")(?:\s*\^\s*(?:\{[^{}]*\}|-?\d))?(?![a-zA-Z])\.?"
 )
 _PERCENT_RE = re.compile(r"\\%|%|(?<![a-zA-Z])(?:percent|per cent|pct)(?![a-zA-Z])")
@@ -109,6 +108,26 @@ _ARGUMENT_COMMAND_RE = re.compile(r"\\(frac|binom|sqrt)(?![a-zA-Z])")
 _MATH_HINT_RE = re.compile(r"[\d\\=(]")
 _CONNECTOR_WORD_RE = re.compile(r"(?<![a-zA-Z\\])(?:or|and)(?![a-zA-Z])")
 _SPACE_KEY_RE = re.compile(r"(?<=[^a-zA-Z]) | (?=[^a-zA-Z])")
+
+
+def matching_brace(text: str, start: int) -> int:
+    """Index of the '}' closing the '{' at `start`, or -1; escaped braces (`\\{`, `\\}`) do not count."""
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # skip the escaped character, whatever it is
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
 
 
 def _replace_wrappers(text: str) -> tuple[str, bool]:
@@ -201,6 +220,7 @@ def normalize(answer: str) -> Normalized:
     if len(text) > MAX_ANSWER_CHARS:
         return Normalized(text, text)
     text = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], text)
+    text = re.sub(r"^(\*\*|__)(.+)\1$", r"\2", text)  # markdown bold around the whole answer: **7**
     text = text.replace("\\$", " ").replace("$", " ")
     for pattern in (r"^\\\(", r"\\\)$", r"^\\\[", r"\\\]$"):
         text = re.sub(pattern, "", text.strip())

@@ -2,8 +2,10 @@
 
 `verify_math(response, ground_truth)` extracts the response's final answer (extract.py) and asks
 equivalence.py whether it is the gold answer. A response gives one answer: when its answer block
-(or, without one, its text after the thought) boxes several answers that are not the same answer,
-it has hedged between candidates and is wrong, whichever of them is right. Gold answers come in every shape the public data
+boxes several answers that are not the same answer, or its text boxes different answers side by
+side ("\\boxed{3} or \\boxed{7}", "\\boxed{3}, \\boxed{7}"), it has hedged between candidates
+and is wrong, whichever of them is right. A box followed later by a corrected one ("I got
+\\boxed{3}, but that is wrong. Final: \\boxed{5}") is a correction: the last box counts. Gold answers come in every shape the public data
 uses: a LaTeX string ("\\frac{14}{3}"), a solution whose last `\\boxed{}` holds the answer, a float
 (DeepScaleR's AMC file stores 142.0), or a list of acceptable alternatives (Minerva stores
 ["6630.65", "6630"]); any alternative may match.
@@ -11,6 +13,7 @@ uses: a LaTeX string ("\\frac{14}{3}"), a solution whose last `\\boxed{}` holds 
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Any
 
 from grpo.errors import UserError
@@ -44,12 +47,22 @@ def gold_answers(ground_truth: Any) -> list[str]:
     return answers
 
 
+_JOINED_RE = re.compile(r"[\s$,;/]*(?:(?:or|and|\\text\s*\{\s*(?:or|and)\s*\})[\s$,;/]*)?", re.IGNORECASE)
+
+
 def hedged(response: str, predicted: str) -> bool:
-    """Does the response box other answers than `predicted` where it states its answer?"""
+    """Does the response box other answers than `predicted` where it states its answer (module docstring)?"""
     region = answer_region(response)
     block = last_answer_block(region)
     boxes = boxed_answers(block if block is not None else region)
-    return any(box != predicted and not equivalent(predicted, box) for box in boxes)
+    if block is None:  # outside an answer block only boxes side by side are one statement
+        run = boxes[-1:]
+        for before, after in zip(boxes[-2::-1], boxes[::-1]):
+            if not _JOINED_RE.fullmatch(region[before[1]:after[0]]):
+                break
+            run.append(before)
+        boxes = run
+    return any(box != predicted and not equivalent(predicted, box) for _, _, box in boxes)
 
 
 def verify_math(response: str, ground_truth: Any) -> bool:

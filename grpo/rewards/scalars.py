@@ -8,7 +8,8 @@ The tolerance follows the digits an answer is written with, as careful graders d
   7.0001 for 7). With fewer digits a decimal is only equal to its own value: 3.14 is not pi,
   0.667 is not 2/3, 2.828 is not 2 sqrt(2). Five digits is where graders that accept roundings
   draw the line in practice (a relative error near 1e-4: Qwen2.5-Math's rel_tol);
-- with d >= 6 digits a relative error of 1e-6 is also accepted (float noise, 6.99999999 for 7).
+- a relative error is never enough on its own: 11000.74 is not 11000.75, although they differ
+  by less than 1e-6 of their size (both are written to the cent).
 When both sides carry decimals, the coarser one (fewer digits) sets the unit. The same rule holds
 for the entries of intervals, tuples and matrices, which are compared entry by entry.
 
@@ -19,14 +20,13 @@ sympy.simplify runs only when no sample point gives both sides a value.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from grpo.rewards.values import (NoValue, approximation_digits, check_small, close, exact, free_symbols,
                                  numeric, sample_points, to_sympy)
 
 EXACT_RTOL = 1e-9  # float noise of evaluating an exact expression
 MIN_APPROX_DIGITS = 5  # fewer significant digits are a rounding, not the answer (3.1416 is pi, 3.14 is not)
-NOISE_DIGITS = 6  # from this many digits, a relative error of NOISE_RTOL is float noise
-NOISE_RTOL = 1e-6
 
 
 def _infinity_sign(node: tuple) -> int:
@@ -47,8 +47,13 @@ def _approximate_side(a: tuple, b: tuple) -> tuple[int, int] | None:
     return side, d
 
 
+def _unit(decimal: float, digits: int) -> Fraction:
+    """One unit of the last digit of a decimal written with `digits` significant digits."""
+    return Fraction(10) ** (math.floor(math.log10(abs(decimal))) - digits + 1)
+
+
 def _within(values: tuple[complex, complex], approx: tuple[int, int] | None) -> bool:
-    """Does the pair agree under the tolerance rule of the module docstring?"""
+    """Do two float values agree: float noise, or the tolerance rule of the module docstring?"""
     va, vb = values
     if close(va, vb, EXACT_RTOL):
         return True
@@ -56,12 +61,23 @@ def _within(values: tuple[complex, complex], approx: tuple[int, int] | None) -> 
         return False
     side, digits = approx
     decimal = values[side]
-    if digits >= NOISE_DIGITS and close(va, vb, NOISE_RTOL):
-        return True
     if digits < MIN_APPROX_DIGITS or decimal == 0 or abs(decimal.imag) > 0:
         return False
-    unit = 10.0 ** (math.floor(math.log10(abs(decimal.real))) - digits + 1)
-    return abs(va - vb) < unit * (1 - 1e-12)
+    return abs(va - vb) < float(_unit(decimal.real, digits)) * (1 - 1e-12)
+
+
+def _within_exact(values: tuple[Fraction, Fraction], approx: tuple[int, int] | None) -> bool:
+    """The tolerance rule on exact rationals (no float rounding can blur one unit)."""
+    if approx is None:
+        return False
+    side, digits = approx
+    decimal = values[side]
+    if digits < MIN_APPROX_DIGITS or decimal == 0:
+        return False
+    try:
+        return abs(values[0] - values[1]) < _unit(float(decimal), digits)
+    except (OverflowError, ValueError):
+        return False
 
 
 def _numeric_verdict(a: tuple, b: tuple, approx: tuple[int, int] | None) -> bool | None:
@@ -105,12 +121,7 @@ def same_scalar(a: tuple, b: tuple) -> bool:
     if value_a is not None and value_b is not None:
         if value_a == value_b:
             return True
-        if approx is None:
-            return False
-        try:
-            return _within((complex(float(value_a)), complex(float(value_b))), approx)
-        except OverflowError:
-            return False
+        return _within_exact((value_a, value_b), approx)
     verdict = _numeric_verdict(a, b, approx)
     if verdict is not None:
         return verdict
@@ -128,8 +139,12 @@ def consistent_approximation(value: tuple, decimal: tuple) -> bool:
         va, vd = numeric(value, {}), numeric(decimal, {})
     except NoValue:
         return True
-    if digits is None:  # "\approx 3": an integer annotation, read as rounded to units
-        return abs(va - vd) < 1
+    if digits is None:  # an integer: rounded to its last non-zero digit ("\approx 1720": to tens)
+        whole = abs(int(vd.real))
+        unit = 1
+        while whole and whole % (unit * 10) == 0:
+            unit *= 10
+        return abs(va - vd) < unit
     if close(va, vd, EXACT_RTOL):
         return True
     if vd == 0 or abs(vd.imag) > 0:
