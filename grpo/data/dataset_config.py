@@ -35,8 +35,8 @@ class DatasetConfig:
     source: str = ""  # hub id or local file; --source replaces it
     hub_config: str = ""  # the hub data set's config name (gsm8k: "main")
     map_keys: dict[str, str] = field(default_factory=dict)  # our field -> source field
-    handler: str = "math"  # built-in row handler (math, gsm8k, countdown) or package.module:function
-    data_source: str = ""  # written to every row: routes the reward (math, gsm8k, countdown, multiply)
+    handler: str = "math"  # built-in row handler (math, gsm8k, countdown, gpqa) or package.module:function
+    data_source: str = ""  # written to every row: routes the reward (math, gsm8k, countdown, multiply, gpqa)
     ability: str = "math"  # verl's ability column (informational)
     template: str = "qwen_r1"  # the template to train with (data.template); used here for prompt lengths
     skip_malformed: bool = False  # skip rows that cannot become prompts (counted) instead of failing

@@ -8,7 +8,11 @@ Built-in handlers, by name (`HANDLERS`):
 - `gsm8k`: `answer` is GSM8K's worked solution ending in "#### N": the ground truth is N without
   commas, the whole solution goes to extra_info;
 - `countdown`: `target` and `nums` (Jiayi-Pan/Countdown-Tasks-3to4, TinyZero parquet) become
-  TinyZero's whole base prompt.
+  TinyZero's whole base prompt;
+- `gpqa`: GPQA's question, correct answer and three incorrect ones become the multiple-choice
+  prompt GPQA evaluations use (simple-evals' wording), the four answers shuffled into A-D by a
+  seed drawn from the question text (the same row always gets the same order, wherever it is
+  prepared); the ground truth is {"answer": gold letter, "options": texts in A-D order}.
 A user handler is "package.module:function", called as fn(row) -> Example | None (None drops the row);
 it may raise `MalformedRow` (or anything else) for a row it cannot use, which is then an error or,
 with skip_malformed, a counted skip.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -142,10 +147,50 @@ def countdown_handler(row: dict[str, Any]) -> Example:
     )
 
 
+GPQA_INSTRUCTION = (
+    "Answer the following multiple choice question. The last line of your response should be of the following "
+    "format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before answering."
+)
+GPQA_SEED = "gpqa-options"  # with the question text, seeds the order of the options
+
+
+def gpqa_options(question: str, correct: str, incorrect: list[str]) -> tuple[list[str], str]:
+    """The four answers in their shuffled order and the letter the correct one landed on."""
+    options = [correct, *incorrect]
+    order = list(range(len(options)))
+    random.Random(f"{GPQA_SEED}:{question}").shuffle(order)  # str seeds hash with sha512: stable across runs
+    shuffled = [options[i] for i in order]
+    return shuffled, "ABCD"[order.index(0)]
+
+
+def _option_text(row: dict[str, Any], field: str) -> str:
+    value = row[field]
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not str(value).strip():
+        raise MalformedRow(f"empty or non-text '{field}'", f"'{field}' must be a non-empty text, got {value!r}")
+    return str(value).strip()
+
+
+def gpqa_handler(row: dict[str, Any]) -> Example:
+    """GPQA: the shuffled-options prompt; the gold letter follows the shuffle."""
+    question = _question(row)
+    if not isinstance(question, str):
+        raise MalformedRow("prompt is not text", "a GPQA question must be text")
+    correct = _option_text(row, "correct")
+    incorrect = [_option_text(row, f"incorrect_{k}") for k in (1, 2, 3)]
+    options, letter = gpqa_options(question.strip(), correct, incorrect)
+    lines = "\n".join(f"{'ABCD'[i]}) {text}" for i, text in enumerate(options))
+    prompt = f"{GPQA_INSTRUCTION}\n\n{question.strip()}\n\n{lines}"
+    extra = {"correct_answer": correct}
+    if isinstance(row.get("Record ID"), str):
+        extra["record_id"] = row["Record ID"]
+    return Example(prompt, {"answer": letter, "options": options}, extra)
+
+
 HANDLERS: dict[str, Handler] = {
     "math": Handler(math_handler, ("prompt", "answer")),
     "gsm8k": Handler(gsm8k_handler, ("prompt", "answer")),
     "countdown": Handler(countdown_handler, ("target", "nums")),
+    "gpqa": Handler(gpqa_handler, ("prompt", "correct", "incorrect_1", "incorrect_2", "incorrect_3")),
 }
 
 

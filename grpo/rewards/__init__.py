@@ -1,7 +1,7 @@
 """Rule-based rewards: correctness checks, training scores, and the worker pool that runs them.
 
 Correctness (eval reuses it):
-    verify(kind, response, ground_truth) -> bool          kind: math, gsm8k, countdown, multiply
+    verify(kind, response, ground_truth) -> bool          kind: math, gsm8k, countdown, multiply, choice
     verify_batch([(kind, response, ground_truth), ...]) -> (list[bool], metrics)
 Both run in a shared worker pool with a hard per-item timeout (a timeout or crash is False).
 `VERIFIERS[kind]` is the same check in this process, without the timeout; `kind_of(data_source)`
@@ -90,7 +90,7 @@ def verify_batch(items: Sequence[tuple[str, str, Any]], timeout_s: float = DEFAU
 def verify(kind: str, response: str, ground_truth: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Is `response` (a whole model output or a bare answer) correct for `ground_truth`?
 
-    kind is one of math, gsm8k, countdown, multiply. Runs in the shared worker pool with a hard
+    kind is one of math, gsm8k, countdown, multiply, choice. Runs in the shared worker pool with a hard
     timeout; a timeout or a crash is False.
     """
     return verify_batch([(kind, response, ground_truth)], timeout_s)[0][0]

@@ -13,7 +13,7 @@ TinyZero / DeepScaleR files (`DATA_SOURCE_KINDS`), then, for other names, the fi
 names to a score of their own; a user may register one there for a new name.
 
 Scores:
-- math and gsm8k: accuracy (1 or 0) + settings.format_weight * format check (settings.format_mode);
+- math, gsm8k and choice: accuracy (1 or 0) + settings.format_weight * format check (settings.format_mode);
 - countdown and multiply: TinyZero's 1.0 / 0.1 / 0.0, unchanged by the settings.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from grpo.errors import UserError
+from grpo.rewards.choice import choice_key, verify_choice
 from grpo.rewards.countdown import score_countdown, verify_countdown
 from grpo.rewards.extract import extract_answer, last_answer_block
 from grpo.rewards.format import FORMAT_CHECKS
@@ -119,6 +120,7 @@ KINDS: dict[str, Kind] = {
     "gsm8k": Kind(verify_gsm8k, _accuracy_and_format(verify_gsm8k), _gsm8k_key),
     "countdown": Kind(_verify_countdown, _tinyzero(score_countdown), _countdown_key),
     "multiply": Kind(verify_multiply, _tinyzero(score_multiply), _multiply_key),
+    "choice": Kind(verify_choice, _accuracy_and_format(verify_choice), choice_key),
 }
 
 # kind -> in-process correctness check (what the worker pool runs)
@@ -136,11 +138,15 @@ DATA_SOURCE_KINDS: dict[str, str] = {
         "math_dapo", "aime", "aime2024", "aime2025", "aime24", "aime25", "amc", "amc23",
         "deepscaler", "agentica-org/DeepScaleR-Preview-Dataset", "olympiad_bench", "minerva",
     )},
+    **{name: "choice" for name in (  # multiple choice: the chosen letter (choice.py)
+        "choice", "multiple_choice", "gpqa", "gpqa_diamond", "Idavidrein/gpqa", "mmlu", "cais/mmlu", "mmlu_pro",
+        "TIGER-Lab/MMLU-Pro", "arc", "ai2_arc", "allenai/ai2_arc", "arc_challenge", "commonsense_qa",
+    )},
 }
 
 # (substring, kind) for any other name, tried in order on the lower-cased name: "omni_math" -> math
 DATA_SOURCE_HINTS: tuple[tuple[str, str], ...] = (
-    ("gsm8k", "gsm8k"), ("countdown", "countdown"),
+    ("gsm8k", "gsm8k"), ("countdown", "countdown"), ("gpqa", "choice"), ("mmlu", "choice"),
     *((hint, "math") for hint in ("math", "aime", "amc", "olympiad", "minerva", "deepscaler", "omni")),
 )
 
@@ -149,7 +155,7 @@ SCORERS: dict[str, Scorer] = {name: KINDS[kind].score for name, kind in DATA_SOU
 
 
 def kind_of(data_source: str) -> str:
-    """The kind (math, gsm8k, countdown, multiply, ...) that judges rows of `data_source`."""
+    """The kind (math, gsm8k, countdown, multiply, choice) that judges rows of `data_source`."""
     lowered = data_source.lower()
     kind = DATA_SOURCE_KINDS.get(data_source) or DATA_SOURCE_KINDS.get(lowered)
     if kind is not None:
