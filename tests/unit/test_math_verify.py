@@ -20,7 +20,11 @@ from grpo.rewards.math import gold_answers, verify_math
 from grpo.rewards.parse import ParseError, parse
 from grpo.rewards.values import NoValue, exact, numeric, to_sympy
 
-CASES = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "math_equivalence.jsonl"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+# Speed claims live in benchmarks/bench_rewards.py. Here a bound only separates "returns" from
+# "hangs": the inputs below would run for hours without their guards, while a loaded 2-core
+# machine finishes them in milliseconds; 30 s cannot flake and still catches a hang.
+HANG_BOUND_S = 30.0
 
 # ---------------------------------------------------------------- extraction
 
@@ -47,10 +51,12 @@ def test_extract_answer(text, expected):
 
 
 def test_last_boxed_is_linear_on_many_unclosed_boxes():
-    text = "\\boxed{" * 20000  # every box unclosed: only the last few are tried
+    # every box unclosed: only the last few are tried. A scan per box would take hours on 200,000
+    # boxes; the bound is far above what a loaded machine needs (milliseconds), so it cannot flake
+    text = "\\boxed{" * 200_000
     start = time.perf_counter()
     assert last_boxed(text) is None
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < HANG_BOUND_S
 
 
 # ---------------------------------------------------------------- normalisation
@@ -111,10 +117,10 @@ def test_exact_values(text, value):
 
 @pytest.mark.parametrize("text", [r"\sqrt{2}", r"\pi", "x + 1", r"9^{9^{9^9}}", "(10^{100})!", "0^{-1}"])
 def test_not_exact(text):
-    # irrational, symbolic, or too large to compute: None, and quickly
+    # irrational, symbolic, or too large to compute: None, without computing 9^(9^(9^9))
     start = time.perf_counter()
     assert exact(parse(normalize(text).text)) is None
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < HANG_BOUND_S
 
 
 @pytest.mark.parametrize("text", ["(" * 200 + "1" + ")" * 200, "1 +", r"\frac{1}", "2 3", r"\begin{cases} 1 \end{cases}", "#"])
@@ -228,7 +234,7 @@ def test_equivalent_is_fast_and_safe_on_huge_inputs():
     assert not equivalent(r"9^{9^{9^9}}", "1")
     assert not equivalent(r"\binom{10^{9}}{5 \cdot 10^{8}}", "2")
     assert not equivalent("(10^{100})!", "1")
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HANG_BOUND_S
 
 
 # ---------------------------------------------------------------- gold answers and verify_math
@@ -258,16 +264,16 @@ def test_verify_math_whole_outputs():
 
 
 def test_labelled_cases_agree():
-    """Our checker against the 500+ labelled cases of the benchmark (each states its reason)."""
+    """Our checker against the labelled cases of the benchmark (each states its reason)."""
     import sys
 
-    sys.path.insert(0, str(CASES.parents[1]))
-    from bench_rewards import model_output
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_rewards import load_cases, model_output
 
     from grpo.rewards import VERIFIERS
 
-    cases = [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
-    assert len(cases) >= 300
+    cases = load_cases()
+    assert len(cases) >= 800 and abs(sum(c["label"] for c in cases) - len(cases) / 2) <= 0.05 * len(cases)
     wrong = [(c["id"], c["gold"], c.get("answer"), c["label"]) for c in cases
              if VERIFIERS[c["kind"]](model_output(c), c["gold"]) != c["label"]]
     assert not wrong, wrong
