@@ -317,10 +317,12 @@ def test_strict_and_loose_format(response, prompt, strict, loose):
 def test_format_checks_are_linear_on_many_tags():
     import time
 
-    text = "</think>" + "<answer>" * 20000
+    # a quadratic scan of 200,000 tags would run for hours; a loaded machine needs milliseconds,
+    # so the 30 s bound cannot flake and still catches the regression (speed: benchmarks/)
+    text = "</think>" + "<answer>" * 200_000
     start = time.perf_counter()
     assert check_format_loose(text) == 0.0 and check_format_strict(text) == 0.0
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 30
 
 
 # ---------------------------------------------------------------- math, gsm8k, multiply scores
