@@ -27,6 +27,16 @@ class ConfigError(UserError):
     """A recipe or override the config tree cannot accept."""
 
 
+# Choices a recipe names, each a key of its registry (grpo/algorithms, grpo/rollout; tests/unit/test_config.py
+# checks they match), so a typo fails in load_config with the nearest valid name.
+# advantage estimator -> the fewest completions per prompt it works with (group statistics need two)
+ADVANTAGE_GROUP_SIZES = {"grpo": 2, "dr_grpo": 2, "rloo": 2, "reinforce_pp": 1, "reinforce_pp_baseline": 2}
+AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+PolicyLossName = Literal["ppo_clip", "gspo"]
+LossAggregationName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+KLEstimatorName = Literal["k1", "k2", "k3"]
+
+
 @dataclass
 class ModelConfig:
     path: str = "Qwen/Qwen2.5-7B"
@@ -117,11 +127,11 @@ class TrainConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"
+    advantage: AdvantageName = "grpo"
     """Advantage estimator: grpo (group mean/std), dr_grpo (group mean), rloo (leave-one-out), reinforce_pp, reinforce_pp_baseline."""
-    policy_loss: str = "ppo_clip"
+    policy_loss: PolicyLossName = "ppo_clip"
     """Policy loss: ppo_clip (token ratio) or gspo (sequence ratio; use clip ranges around 3e-4/4e-4)."""
-    loss_agg: str = "token_mean"
+    loss_agg: LossAggregationName = "token_mean"
     """Loss aggregation over the optimizer step: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm (Dr. GRPO)."""
     clip_low: float = 0.2
     """Lower clip range: ratio is clipped at 1 - clip_low."""
@@ -131,7 +141,7 @@ class AlgoConfig:
     """Dual-clip constant c > 1 caps the loss of negative-advantage tokens at -A*c; 0 is off (verl uses 3)."""
     kl_coef: float = 0.001
     """Weight of the KL penalty to the frozen reference model; 0 loads no reference."""
-    kl_estimator: str = "k3"
+    kl_estimator: KLEstimatorName = "k3"
     """KL estimator per token: k1, k2 or k3 (Schulman's unbiased, non-negative estimator)."""
     kl_in: Literal["loss", "reward"] = "loss"
     """Where the KL penalty goes: loss (GRPO) or reward (subtracted from each completion's reward, REINFORCE++)."""
@@ -275,8 +285,9 @@ class Config:
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", f"must be at least 1, got {self.checkpoint.keep}",
                  self.source)
         _require(self.algo.kl_coef >= 0, "algo.kl_coef", f"must be >= 0, got {self.algo.kl_coef}", self.source)
-        _require(self.algo.advantage != "grpo" or r.n >= 2, "rollout.n",
-                 f"GRPO normalises within a group of completions, so it needs n >= 2; got {r.n}", self.source)
+        least = ADVANTAGE_GROUP_SIZES[self.algo.advantage]
+        _require(r.n >= least, "rollout.n", f"= {r.n}: algo.advantage={self.algo.advantage} compares the completions "
+                 f"of a prompt with each other, so it needs n >= {least}", self.source)
         _require(bool(self.data.train_files), "data.train_files",
                  "is empty: give at least one prompt file, e.g. data.train_files=[path/to/train.parquet]", self.source)
         _require(t.prompts_per_step % world_size == 0, "train.prompts_per_step",
@@ -404,7 +415,9 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{key} in {source} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+            hint_text = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key} in {source} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint_text}")
         return value
     if origin is list:
         (item_hint,) = typing.get_args(hint)

@@ -13,6 +13,36 @@ from dataclasses import dataclass
 import torch
 
 
+# The host: where tensors live before they reach an accelerator, and what runs when there is none.
+HOST = torch.device("cpu")
+HOST_ACCELERATOR = "cpu"  # DeepSpeed's accelerator name (DS_ACCELERATOR) for running on the host alone
+HOST_BACKEND = "gloo"  # the collective backend over host memory
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a model.dtype setting ("bfloat16", "float32")."""
+    return DTYPES[name]
+
+
+def is_host(device: torch.device) -> bool:
+    """Whether `device` is host memory (CPU), where some kernels take other paths than on accelerators."""
+    return device.type == HOST.type
+
+
+def init_host_group(rank: int, world_size: int, port: int, timeout_s: float | None = None) -> None:
+    """A process group over host memory on this machine, for CPU-side work outside DeepSpeed (the demo's
+    base-model build, tests); with `timeout_s` a collective that waits longer raises instead of hanging."""
+    import datetime
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+    dist.init_process_group(HOST_BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=timeout)
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -53,13 +83,13 @@ def init_distributed() -> DistInfo:
     import torch.distributed as dist
 
     acc = accelerator()
-    if acc.device_name() == "cpu":
+    if acc.device_name() == HOST_ACCELERATOR:
         # DeepSpeed otherwise JIT-compiles a shared-memory comm op (~40 s) that gloo training does not need.
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if acc.device_name() != "cpu":
+    if acc.device_name() != HOST_ACCELERATOR:
         acc.set_device(local_rank)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=acc.communication_backend_name(), auto_mpi_discovery=False)
@@ -68,15 +98,8 @@ def init_distributed() -> DistInfo:
 
 
 def is_cpu() -> bool:
-    return accelerator().device_name() == "cpu"
-
-
-def empty_cache() -> None:
-    accelerator().empty_cache()
-
-
-def synchronize() -> None:
-    accelerator().synchronize()
+    """Whether this process runs on the host alone (DeepSpeed's accelerator is the CPU)."""
+    return accelerator().device_name() == HOST_ACCELERATOR
 
 
 def max_memory_allocated_gb() -> float:
@@ -99,9 +122,7 @@ def memory_now_gb() -> float:
     if is_cpu():
         with open("/proc/self/statm") as f:
             resident_pages = int(f.read().split()[1])
-        import os as _os
-
-        return resident_pages * _os.sysconf("SC_PAGE_SIZE") / 2**30
+        return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30
     acc = accelerator()
     peak = acc.max_memory_allocated() / 2**30
     acc.reset_peak_memory_stats()

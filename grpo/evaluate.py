@@ -25,8 +25,8 @@ from typing import Any, Callable, Hashable
 from grpo.data import load_prompt_records
 from grpo.errors import UserError
 from grpo.rewards import answer_key, kind_of, verify_batch
-from grpo.templates import load_user_templates, template_stop_strings
-from grpo.types import PromptRecord, SamplingSettings
+from grpo.templates import stop_strings
+from grpo.types import PromptRecord, SamplingSettings, sampling_seed
 
 # ---------------------------------------------------------------- metric arithmetic
 
@@ -94,10 +94,14 @@ class BenchmarkCounts:
             self.pass_k_sum += pass_at_k(len(verdicts), sum(map(bool, verdicts)), len(verdicts))
 
 
-def benchmark_metrics(name: str, counts: BenchmarkCounts, k: int) -> dict[str, float]:
-    """`eval/<name>/...` metrics from (all ranks') counts: n, pass@1, avg@k, maj@k, pass@k, length."""
+def benchmark_metrics(name: str, counts: BenchmarkCounts, k: int, size: int | None = None) -> dict[str, float]:
+    """`eval/<name>/...` metrics from (all ranks') counts: n, size (rows in the file, when given), pass@1, avg@k,
+    maj@k, pass@k, length. n below size means eval.max_prompts chose a part of the set."""
     n = max(counts.prompts, 1)
-    out = {f"eval/{name}/n": float(counts.prompts), f"eval/{name}/pass@1": counts.greedy_correct / n}
+    out = {f"eval/{name}/n": float(counts.prompts)}
+    if size is not None:
+        out[f"eval/{name}/size"] = float(size)
+    out[f"eval/{name}/pass@1"] = counts.greedy_correct / n
     if k >= 1:
         out[f"eval/{name}/avg@{k}"] = counts.sampled_correct / max(counts.samples, 1)
         out[f"eval/{name}/maj@{k}"] = counts.maj_correct / n
@@ -122,22 +126,42 @@ def parse_benchmark_spec(spec: str) -> tuple[str, str]:
     return name, path
 
 
-def load_benchmarks(specs: list[str], template: str, tokenizer: Any, max_prompt_length: int,
-                    templates: dict[str, str] | None = None, max_prompts: int = 0, skip_malformed: bool = False,
-                    log: Callable[[str], None] | None = None) -> dict[str, list[PromptRecord]]:
-    """name -> templated, tokenised prompts of each benchmark file (the first `max_prompts` when > 0)."""
+def load_benchmarks(specs: list[str], template: str, tokenizer: Any, templates_file: str | None = None,
+                    max_prompts: int = 0, skip_malformed: bool = False, log: Callable[[str], None] | None = None
+                    ) -> tuple[dict[str, list[PromptRecord]], dict[str, int]]:
+    """(name -> templated, tokenised prompts of each benchmark file, the first `max_prompts` when > 0;
+    name -> rows in the file). No prompt is left out for its length: see `Evaluator.from_config`."""
     benchmarks: dict[str, list[PromptRecord]] = {}
+    sizes: dict[str, int] = {}
     for spec in specs:
         name, path = parse_benchmark_spec(spec)
         if name in benchmarks:
             raise UserError(f"benchmark name {name!r} is given twice; name them apart with name=path")
-        records, report = load_prompt_records([path], template, tokenizer, max_prompt_length, templates, skip_malformed)
+        records, report = load_prompt_records([path], template, tokenizer, None, templates_file, skip_malformed)
         for source in sorted({r.data_source for r in records}):
             kind_of(source)  # an unknown data_source fails now, not after generating
         if report and log:
-            log(f"eval {name}: " + report.describe(max_prompt_length))
+            log(f"eval {name}: " + report.describe())
         benchmarks[name] = records[:max_prompts] if max_prompts > 0 else records
-    return benchmarks
+        sizes[name] = report.rows
+    return benchmarks, sizes
+
+
+def fit_prompt_length(benchmarks: dict[str, list[PromptRecord]], max_prompt_length: int, grow: bool) -> int:
+    """The prompt length the rollout engine must take for every benchmark prompt to be evaluated.
+
+    A benchmark figure that silently covers part of the set cannot be compared with a published one,
+    so no prompt is dropped: with `grow` the limit rises to the longest prompt (launch/eval.py sizes its
+    engine by it); otherwise a prompt over `max_prompt_length` is an error saying how many and what to raise.
+    """
+    longest = max(len(r.prompt_ids) for records in benchmarks.values() for r in records)
+    if longest <= max_prompt_length or grow:
+        return max(longest, max_prompt_length)
+    over = {name: sum(len(r.prompt_ids) > max_prompt_length for r in records) for name, records in benchmarks.items()}
+    listed = ", ".join(f"{name}: {count} of {len(benchmarks[name])}" for name, count in over.items() if count)
+    raise UserError(f"eval: prompts longer than data.max_prompt_length = {max_prompt_length} tokens ({listed}; the "
+                    f"longest has {longest}). Evaluation leaves no prompt out, so raise data.max_prompt_length to at "
+                    f"least {longest} (it also sizes the vllm engine's context).")
 
 
 def should_evaluate(step: int, max_steps: int, every_steps: int, at_start: bool, at_end: bool) -> bool:
@@ -155,8 +179,8 @@ class Evaluator:
 
     def __init__(self, benchmarks: dict[str, list[PromptRecord]], k: int = 4, temperature: float = 1.0,
                  max_new_tokens: int = 1024, stop: list[str] | tuple[str, ...] = (), seed: int = 0, rank: int = 0,
-                 world_size: int = 1, device: Any = "cpu", log: Callable[[str], None] | None = None,
-                 num_samples: int = 2):
+                 world_size: int = 1, device: Any = None, log: Callable[[str], None] | None = None,
+                 num_samples: int = 2, sizes: dict[str, int] | None = None):
         for key, ok, problem in [("eval.k", k >= 0, f"must be >= 0 (0: greedy only), got {k}"),
                                  ("eval.temperature", temperature > 0, f"must be > 0, got {temperature}"),
                                  ("eval.max_new_tokens", max_new_tokens >= 1, f"must be at least 1, got {max_new_tokens}")]:
@@ -165,6 +189,7 @@ class Evaluator:
         if not benchmarks or not all(benchmarks.values()):
             raise UserError("eval: no benchmark prompts to evaluate; give prepared files in eval.files")
         self.benchmarks = benchmarks
+        self.sizes = {name: len(records) for name, records in benchmarks.items()} | (sizes or {})  # rows in each file
         self.k, self.temperature, self.max_new_tokens = k, temperature, max_new_tokens
         self.stop, self.seed = list(stop), seed
         self.rank, self.world_size, self.device = rank, world_size, device
@@ -173,8 +198,13 @@ class Evaluator:
         self.samples: list[dict[str, Any]] = []  # a few of this rank's greedy completions per benchmark, from the last run
 
     @classmethod
-    def from_config(cls, cfg, tokenizer, dist, log: Callable[[str], None] | None = None) -> "Evaluator":
-        """Built from the run's Config (eval.*, data.template, rollout.stop and max_new_tokens, train.seed) and DistInfo."""
+    def from_config(cls, cfg, tokenizer, dist, log: Callable[[str], None] | None = None,
+                    grow_prompt_length: bool = False) -> "Evaluator":
+        """Built from the run's Config (eval.*, data.template, rollout.stop and max_new_tokens, train.seed) and DistInfo.
+
+        Benchmark prompts longer than data.max_prompt_length are an error, or with `grow_prompt_length` (an
+        engine not built yet) raise cfg.data.max_prompt_length to the longest (`fit_prompt_length`).
+        """
         e, r = cfg.eval, cfg.rollout
         if not e.files:
             raise UserError("eval.files is empty: give prepared benchmark files, e.g. eval.files=[math500=data/math500/test.parquet]")
@@ -186,12 +216,18 @@ class Evaluator:
         if r.engine == "vllm" and max_new_tokens > r.max_new_tokens:
             raise UserError(f"eval.max_new_tokens = {max_new_tokens} exceeds rollout.max_new_tokens = {r.max_new_tokens}, "
                             f"which sizes the vllm engine's context; raise rollout.max_new_tokens (in {cfg.source})")
-        templates = load_user_templates(cfg.data.templates_file) if cfg.data.templates_file else None
-        benchmarks = load_benchmarks(e.files, cfg.data.template, tokenizer, cfg.data.max_prompt_length, templates,
-                                     e.max_prompts, cfg.data.skip_malformed, log if dist.rank == 0 else None)
-        stop = list(dict.fromkeys(r.stop + template_stop_strings(cfg.data.template, cfg.data.templates_file or None)))
+        benchmarks, sizes = load_benchmarks(e.files, cfg.data.template, tokenizer, cfg.data.templates_file, e.max_prompts,
+                                            cfg.data.skip_malformed, log if dist.rank == 0 else None)
+        length = fit_prompt_length(benchmarks, cfg.data.max_prompt_length, grow_prompt_length)
+        if length > cfg.data.max_prompt_length:
+            if log and dist.rank == 0:
+                log(f"eval: data.max_prompt_length raised from {cfg.data.max_prompt_length} to {length} tokens, the "
+                    "longest benchmark prompt, so that every prompt is evaluated")
+            cfg.data.max_prompt_length = length
+        stop = stop_strings(cfg.data.template, cfg.data.templates_file, r.stop)
         return cls(benchmarks, k=e.k, temperature=e.temperature, max_new_tokens=max_new_tokens, stop=stop,
-                   seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, device=dist.device, log=log)
+                   seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, device=dist.device, log=log,
+                   sizes=sizes)
 
     def run(self, engine) -> dict[str, float]:
         """Generate, verify and count every benchmark; returns the metrics summed over ranks (same on every rank)."""
@@ -206,7 +242,7 @@ class Evaluator:
         metrics: dict[str, float] = {}
         for name in self.benchmarks:
             fields = {f: total[f"{name}\t{f}"] for f in BenchmarkCounts.__dataclass_fields__}
-            metrics.update(benchmark_metrics(name, BenchmarkCounts(**fields), self.k))
+            metrics.update(benchmark_metrics(name, BenchmarkCounts(**fields), self.k, self.sizes[name]))
         return metrics
 
     def _benchmark(self, index: int, name: str, records: list[PromptRecord], engine) -> BenchmarkCounts:
@@ -221,8 +257,7 @@ class Evaluator:
                                                               seed=self.seed))
         sampled = [[] for _ in prompt_ids]
         if self.k:
-            # distinct per rank and benchmark, reproducible from the seed (as the trainer seeds its sampling)
-            seed = (self.seed * 1_000_003 + self.rank * 10_007 + index * 101 + 1) % 2**63
+            seed = sampling_seed(self.seed, self.rank, index)  # distinct per rank and benchmark
             sampled = engine.generate(prompt_ids, SamplingSettings(n=self.k, temperature=self.temperature,
                                                                    max_new_tokens=self.max_new_tokens, stop=self.stop,
                                                                    seed=seed))
@@ -270,7 +305,7 @@ def format_table(metrics: dict[str, float]) -> str:
     width = max([len("benchmark")] + [len(name) for name in table])
     lines = [f"{'benchmark':<{width}}" + "".join(f"  {c:>8}" for c in columns)]
     for name, row in table.items():
-        cells = "".join(f"  {'-':>8}" if c not in row else f"  {row[c]:>8.0f}" if c == "n" else
+        cells = "".join(f"  {'-':>8}" if c not in row else f"  {row[c]:>8.0f}" if c in ("n", "size") else
                         f"  {row[c]:>8.1f}" if c == "length" else f"  {row[c]:>8.3f}" for c in columns)
         lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)

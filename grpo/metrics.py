@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from grpo.device import memory_now_gb
+from grpo.stats import StepStats, flatten, unflatten
 
 # Words the R1-Zero write-ups watch for the "aha moment": the model starts to re-check itself.
 REFLECTION_WORDS = ("wait", "re-check", "recheck", "re-examine", "re-evaluate", "verify", "double-check",
@@ -51,20 +52,30 @@ class PhaseTimer:
                 **{f"memory/{k}_gb": v for k, v in self.memory_gb.items()}}
 
 
-def reduce_across_ranks(sums: dict[str, float], maxes: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Sum the `sums` and take the max of `maxes` over all ranks (one collective each)."""
+def _all_reduce(values: dict[str, float], op: str, device: torch.device) -> dict[str, float]:
+    """`values` reduced over all ranks with op sum, max or min (one collective; every rank passes the same keys)."""
     import torch.distributed as dist
 
-    out: dict[str, float] = {}
-    for values, op in ((sums, dist.ReduceOp.SUM), (maxes, dist.ReduceOp.MAX)):
-        if not values:
-            continue
-        keys = sorted(values)  # same order on every rank
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(t, op=op)
-        out.update(zip(keys, t.tolist()))
-    return out
+    if not values:
+        return {}
+    keys = sorted(values)  # same order on every rank
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return dict(zip(keys, t.tolist()))
+
+
+def reduce_across_ranks(sums: dict[str, float], maxes: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum the `sums` and take the max of `maxes` over all ranks (one collective each)."""
+    return {**_all_reduce(sums, "sum", device), **_all_reduce(maxes, "max", device)}
+
+
+def reduce_stats(stats: list[StepStats], device: torch.device) -> list[StepStats]:
+    """Copies of the step statistics reduced over all ranks, each field as it declares (grpo/stats.py)."""
+    reduced: dict[str, float] = {}
+    for op, values in flatten(stats).items():
+        reduced.update(_all_reduce(values, op, device))
+    return unflatten(stats, reduced)
 
 
 class MetricsWriter:

@@ -6,7 +6,7 @@ chat template the tokenizer carries). Users can add their own names with a JSON 
 name -> template string, or name -> {"template": string, "stop": [strings]} (`load_user_templates`).
 
 Each template knows the strings that end a completion in its format (`template_stop_strings`):
-generation stops there besides the tokenizer's EOS token.
+generation stops there besides the tokenizer's EOS token (`stop_strings` adds the recipe's own).
 
 A template is a plain string with one `{question}` placeholder. Rendering uses `str.replace`, not
 `str.format`, because R1 prompts contain literal braces (`\\boxed{}`) that format() would choke on.
@@ -174,3 +174,9 @@ def template_stop_strings(name: str, templates_file: str | Path | None = None) -
     if name not in TEMPLATE_STOPS:
         raise UserError(f"unknown prompt template '{name}'; known: {', '.join(sorted(TEMPLATE_STOPS))}")
     return list(TEMPLATE_STOPS[name])
+
+
+def stop_strings(template: str, templates_file: str | Path | None, extra: list[str]) -> list[str]:
+    """What ends a completion of a run: the recipe's own stop strings (`extra`, rollout.stop) then the
+    template's, without repeats; the trainer's rollouts and the evaluator's use the same list."""
+    return list(dict.fromkeys(list(extra) + template_stop_strings(template, templates_file or None)))

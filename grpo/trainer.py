@@ -1,81 +1,78 @@
 """The Trainer: builds the components from a Config, and `fit()` runs THE loop, the same on every rank.
 
-One step: prompts -> n completions each (generation mode) -> rewards -> group advantages ->
-reference logprobs -> micro-batched policy loss, backward, optimizer step (training mode) ->
-push the new weights into the rollout engine -> log. Each rank owns its prompts' whole groups, so
-advantages need no communication; the loss normaliser and the logged metrics are reduced over ranks.
+One step (`train_step`): prompts -> n completions each, scored (generation mode, grpo/experience.py)
+-> micro-batches -> reference (and old) logprobs -> KL penalty in the reward, when chosen -> group
+advantages -> the policy update (training mode, grpo/update.py) -> push the new weights into the
+rollout engine -> the step's statistics, reduced over ranks (grpo/stats.py). Each rank owns its
+prompts' whole groups, so group advantages need no communication; the loss normaliser, batch-wide
+whitening and the logged statistics are reduced over ranks.
 """
 from __future__ import annotations
 
-import difflib
-import os
 import random
 import time
 from pathlib import Path
 
 import torch
 
-from grpo.algorithms import (ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, groups_with_signal,
-                             kl_penalised_rewards, overlong_penalty, truncated_importance_weights, whiten)
-from grpo.batching import (assign_advantages, build_micro_batches, local_counts, split_to_count, step_norm,
-                            token_budget_bounds)
-from grpo.checkpoint import load_checkpoint, remove_incomplete, resolve_resume, save_checkpoint
+from grpo.algorithms import ADVANTAGES, KL_ESTIMATORS, kl_penalised_rewards, whiten
+from grpo.batching import assign_advantages, build_micro_batches, split_to_count, token_budget_bounds
+from grpo.checkpoint import (POLICY, load_checkpoint, read_rank_state, remove_incomplete, resolve_resume,
+                             save_checkpoint)
 from grpo.config import Config
-from grpo.data import PromptSampler, load_prompt_records, load_tokenizer
-from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb
-from grpo.errors import UserError
+from grpo.data import PromptSampler, check_model_path, load_prompt_records, load_tokenizer
+from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb, rng_state, set_rng_state
 from grpo.evaluate import Evaluator, format_table, should_evaluate
-from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reflection_count
+from grpo.experience import collect_rollout
+from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reduce_stats, reflection_count
 from grpo.report import write_report
 from grpo.rewards import RewardFunction
-from grpo.rollout import ENGINES, build_rollout_engine
-from grpo.templates import load_user_templates, template_stop_strings
-from grpo.types import Completion, MicroBatch, PromptRecord, SamplingSettings
+from grpo.rollout import build_rollout_engine
+from grpo.stats import PhaseStats, RolloutStats, UpdateStats
+from grpo.templates import stop_strings
+from grpo.types import MicroBatch, Rollout, SamplingSettings, sampling_seed
+from grpo.update import policy_update
 from grpo.weight_sync import generation_mode, push_weights, training_mode
+
 
 class Trainer:
     def __init__(self, cfg: Config):
-        _check_choices(cfg)
-        _check_model_path(cfg.model.path)
+        # 1. The process group, then the config's per-rank numbers (they need the world size).
+        check_model_path(cfg.model.path, "model.path")
         self.dist = init_distributed()
         self.cfg = cfg.finalize(self.dist.world_size)
         self.run_dir = Path(cfg.log.dir)
         if self.dist.rank == 0:
             cfg.save(self.run_dir / "config.yaml")
+        # 2. Data: templated, tokenised prompts, and this rank's sampler over them.
         self.tokenizer = load_tokenizer(cfg.model.path)
-        templates = load_user_templates(cfg.data.templates_file) if cfg.data.templates_file else None
         records, report = load_prompt_records(cfg.data.train_files, cfg.data.template, self.tokenizer,
-                                              cfg.data.max_prompt_length, templates, cfg.data.skip_malformed)
+                                              cfg.data.max_prompt_length, cfg.data.templates_file,
+                                              cfg.data.skip_malformed)
         if report and self.dist.rank == 0:
             print("data: " + report.describe(cfg.data.max_prompt_length), flush=True)
-        # the template's own stop strings (base_r1 ends at </answer>) plus any the recipe adds
-        self.stop = list(dict.fromkeys(cfg.rollout.stop + template_stop_strings(cfg.data.template,
-                                                                                cfg.data.templates_file or None)))
+        self.stop = stop_strings(cfg.data.template, cfg.data.templates_file, cfg.rollout.stop)
         self.sampler = PromptSampler(records, cfg.train.prompts_per_step, self.dist.rank, self.dist.world_size,
                                      seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.data_sources = sorted({r.data_source for r in records})  # the same on every rank
+        # 3. Rewards, evaluation and the checkpoint to resume from (input mistakes surface before any model loads).
         self.reward_fn = RewardFunction.from_config(cfg.reward)
-        self.evaluator = (Evaluator.from_config(cfg, self.tokenizer, self.dist) if cfg.eval.files else None)
-        # Rollout engine first, then the training engine: the order in which colocating vLLM with
-        # ZeRO-3 was verified (shared/notes/colocate-cpu.md, order A).
+        self.evaluator = Evaluator.from_config(cfg, self.tokenizer, self.dist) if cfg.eval.files else None
+        resume_from = self._checkpoint_to_resume()
+        # 4. Engines: the rollout engine first, then the training engine, the order in which colocating
+        #    vLLM with ZeRO-3 was verified (shared/notes/colocate-cpu.md, order A).
         self.rollout = build_rollout_engine(cfg, self.tokenizer, self.dist)
         from grpo.train.deepspeed import DeepSpeedTrainEngine
 
-        self.train = DeepSpeedTrainEngine(cfg, self.dist)
+        self.policy = DeepSpeedTrainEngine(cfg, self.dist)
+        self.engines = {POLICY: self.policy}  # every engine a checkpoint saves, by folder name
         _seed_everything(cfg.train.seed + self.dist.rank)
-        self.step = 0
-        if self.dist.rank == 0:
-            for stale in remove_incomplete(self.run_dir):
-                print(f"checkpoint: removed {stale.name}, left by a save that did not finish", flush=True)
-        resume_from = resolve_resume(self.run_dir, cfg.checkpoint.resume)
-        if resume_from is not None:
-            self.step = load_checkpoint(self, resume_from)
-            if self.dist.rank == 0:
-                print(f"checkpoint: resumed from {resume_from} at step {self.step}", flush=True)
-        # From here on the rollout engine only ever holds weights that came from the trainer (and may
-        # have started from dummy weights): this push makes the two identical before the first step.
+        # 5. Resume: engine states, data cursor and RNG states of that checkpoint.
+        self.step = self._resume(resume_from) if resume_from is not None else 0
+        # 6. From here on the rollout engine only ever holds weights that came from the trainer (and may
+        #    have started from dummy weights): this push makes the two identical before the first step.
         self.rollout.wake_weights()
-        push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
+        push_weights(self.policy, self.rollout, cfg.sync.bucket_mb)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
@@ -97,10 +94,9 @@ class Trainer:
                 history.append(metrics)
                 every = cfg.checkpoint.every_steps
                 if every and (self.step % every == 0 or self.step == cfg.train.max_steps):
-                    path = save_checkpoint(self, self.step, cfg.checkpoint.keep)
-                    writer.message(f"checkpoint: saved {path}")
+                    writer.message(f"checkpoint: saved {self._save_checkpoint()}")
             if cfg.checkpoint.save_final:
-                self.train.save_hf(str(self.run_dir / "final"), self.tokenizer)
+                self.policy.save_hf(str(self.run_dir / "final"), self.tokenizer)
                 writer.message(f"saved the trained policy to {self.run_dir / 'final'}")
         finally:
             writer.close()
@@ -108,129 +104,75 @@ class Trainer:
             print(f"report: {write_report(self.run_dir)}", flush=True)
         return history
 
-    def _eval_due(self, step: int) -> bool:
-        ev = self.cfg.eval
-        return self.evaluator is not None and should_evaluate(step, self.cfg.train.max_steps, ev.every_steps,
-                                                              ev.at_start, ev.at_end)
-
-    def _evaluate(self, writer: MetricsWriter, step: int) -> dict[str, float]:
-        """The eval benchmarks through the rollout engine, sharded over ranks (collective)."""
-        generation_mode(self.train, self.rollout)
-        metrics = self.evaluator.run(self.rollout)
-        training_mode(self.rollout)
-        writer.log_eval(step, metrics)
-        writer.message(f"evaluation at step {step}:\n{format_table(metrics)}")
-        return metrics
-
     def train_step(self) -> tuple[dict[str, float], list[dict]]:
+        """One RL step on every rank; returns the step's metrics (reduced over ranks) and rank 0's samples."""
         cfg, algo, timer, start = self.cfg, self.cfg.algo, PhaseTimer(), time.perf_counter()
-        prompts, groups, rewards_PG, components, sums = self._rollout(timer)
-        tries = sums.pop("dynamic/tries", None)
-        bounds = self._token_budget_bounds(prompts, groups)
-        micro_batches = build_micro_batches(prompts, groups, cfg.train.micro_batch_size, self.tokenizer.pad_token_id,
-                                            self.dist.device, algo.mask_truncated, bounds)
+        rollout = collect_rollout(sampler=self.sampler, engine=self.rollout, source=self.policy,
+                                  reward_fn=self.reward_fn, sampling=self._sampling, need=cfg.derived.prompts_per_rank,
+                                  algo=algo, max_new_tokens=cfg.rollout.max_new_tokens, any_rank=self._any_rank,
+                                  timer=timer)
+        micro_batches = build_micro_batches(rollout.prompts, rollout.groups, cfg.train.micro_batch_size,
+                                            self.tokenizer.pad_token_id, self.dist.device, algo.mask_truncated,
+                                            self._token_budget_bounds(rollout))
         with timer("logprobs"):
             self._reference_and_old_logprobs(micro_batches)
-        if self.train.ref_engine is not None and algo.kl_in == "reward":
-            kl_sum_PG = torch.tensor([float(kl_estimate.sum()) for kl_estimate in self._sequence_kls(micro_batches)])
-            rewards_PG = kl_penalised_rewards(rewards_PG, kl_sum_PG.view_as(rewards_PG), algo.kl_coef)
-        assign_advantages(micro_batches, self._advantages(rewards_PG))
+        if self.policy.has_reference and algo.kl_in == "reward":
+            self._penalise_kl_in_reward(rollout, micro_batches)
+        advantages_PG = self._advantages(rollout.rewards_PG)
+        assign_advantages(micro_batches, advantages_PG)
         with timer("train"):
-            train_sums, maxes, grad_norm = self._optimize(micro_batches)
+            per_update = (len(micro_batches) if cfg.train.micro_batch_tokens  # then one update per step
+                          else cfg.derived.micro_batches_per_update)
+            update = policy_update(self.policy, micro_batches, algo, temperature=cfg.rollout.temperature,
+                                   per_update=per_update, max_new_tokens=cfg.rollout.max_new_tokens,
+                                   sum_over_ranks=lambda sums: reduce_across_ranks(sums, {}, self.dist.device))
         with timer("sync"):
             self.rollout.wake_weights()
-            sync_metrics = push_weights(self.train, self.rollout, cfg.sync.bucket_mb)
+            sync_metrics = push_weights(self.policy, self.rollout, cfg.sync.bucket_mb)
         timer.seconds["step"] = time.perf_counter() - start
-        sums.update(train_sums)
-        sums.update(_reward_sums(rewards_PG, components, groups))
-        sums.update(self._per_source_sums(prompts, components))
-        sums["response/reflection_count"] = float(reflection_count([c.text for g in groups for c in g]))
-        sums.update(local_counts(micro_batches))
-        maxes["train/micro_batches"] = float(len(micro_batches))  # per rank, the same on every rank
-        sums["response/tokens"] = float(sum(len(c.token_ids) for g in groups for c in g))
-        if tries is not None:
-            maxes["dynamic/tries"] = tries  # the same on every rank: they sample in lockstep
-        maxes.update({"response/length_max": max(len(c.token_ids) for g in groups for c in g),
-                      "memory/peak_rss_gb": peak_rss_gb(), "memory/device_peak_gb": max_memory_allocated_gb(),
-                      **timer.as_metrics()})
-        total = reduce_across_ranks(sums, maxes, self.dist.device)
-        return self._step_metrics(total, grad_norm, sync_metrics), self._samples(prompts, groups, rewards_PG)
+        return self._step_metrics(rollout, advantages_PG, update, timer, sync_metrics), self._samples(rollout)
 
     # -- pieces of a step ----------------------------------------------------------------------
-    def _rollout(self, timer: PhaseTimer):
-        """Generate and score this rank's prompts; with dynamic sampling, keep only groups that carry a
-        signal and sample more prompts (every rank in lockstep) until each rank has enough or the tries
-        run out, then fill up with dropped groups so every rank trains on the same number of sequences.
-        """
-        algo, need = self.cfg.algo, self.cfg.derived.prompts_per_rank
-        kept, dropped, tries = [], [], 0
-        self._scoring_counts: dict[str, float] = {}
-        while True:
-            tries += 1
-            prompts = self.sampler.next_batch()
-            with timer("generate"):
-                generation_mode(self.train, self.rollout)
-                groups = self.rollout.generate([p.prompt_ids for p in prompts], self._sampling(tries))
-                training_mode(self.rollout)
-            with timer("score"):
-                rewards_PG, components = self._score(prompts, groups)
-            signal_P = groups_with_signal(rewards_PG) if algo.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool)
-            n = self.cfg.rollout.n
-            for p, record in enumerate(prompts):
-                entry = (record, groups[p], rewards_PG[p], components[p * n:(p + 1) * n])
-                (kept if signal_P[p] else dropped).append(entry)
-            if not algo.dynamic_sampling:
-                break
-            short = reduce_across_ranks({}, {"short": float(len(kept) < need)}, self.dist.device)["short"]
-            if not short or tries >= algo.dynamic_sampling_max_tries:
-                break
-        filled = max(need - len(kept), 0)
-        chosen = kept[:need] + dropped[:filled]
-        stats = {"dynamic/tries": float(tries), "dynamic/filled_groups": float(filled),
-                 "dynamic/dropped_groups": float(len(dropped))} if algo.dynamic_sampling else {}
-        stats.update(self._scoring_counts)  # reward/timeouts and reward/errors, summed over ranks
-        return ([c[0] for c in chosen], [c[1] for c in chosen], torch.stack([c[2] for c in chosen]),
-                [comp for c in chosen for comp in c[3]], stats)
+    def _sampling(self, attempt: int) -> SamplingSettings:
+        """This step's sampling settings for dynamic-sampling round `attempt` (its seed differs per rank and round)."""
+        r = self.cfg.rollout
+        return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, stop=self.stop,
+                                seed=sampling_seed(self.cfg.train.seed, self.dist.rank, self.step, attempt))
 
-    def _score(self, prompts: list[PromptRecord], groups: list[list[Completion]]):
-        """Rewards (in the scoring pool, under its per-sample timeout) plus DAPO's overlong shaping."""
-        algo, max_len = self.cfg.algo, self.cfg.rollout.max_new_tokens
-        items = [(record.data_source, c.text, record.ground_truth, record.prompt_text)
-                 for record, group in zip(prompts, groups) for c in group]
-        results, counts = self.reward_fn.score_batch(items)
-        lengths = torch.tensor([len(c.token_ids) for group in groups for c in group])
-        penalty = overlong_penalty(lengths, max_len, algo.overlong_buffer, algo.overlong_penalty)
-        rewards = torch.tensor([r.score for r in results], dtype=torch.float32) + penalty
-        components = [{**r.components, "overlong_penalty": float(p)} for r, p in zip(results, penalty)]
-        self._scoring_counts = {k: self._scoring_counts.get(k, 0.0) + v for k, v in counts.items()}
-        return rewards.view(len(prompts), -1), components
+    def _any_rank(self, flag: bool) -> bool:
+        return bool(reduce_across_ranks({}, {"flag": float(flag)}, self.dist.device)["flag"])
 
-    def _per_source_sums(self, prompts: list[PromptRecord], components: list[dict[str, float]]) -> dict[str, float]:
-        """Accuracy sums and counts per data source; every rank emits every source so the keys match."""
-        n = self.cfg.rollout.n
-        sums = {f"source/{name}/{kind}": 0.0 for name in self.data_sources for kind in ("accuracy_sum", "count")}
-        for p, record in enumerate(prompts):
-            sums[f"source/{record.data_source}/accuracy_sum"] += sum(c.get("accuracy", 0.0)
-                                                                     for c in components[p * n:(p + 1) * n])
-            sums[f"source/{record.data_source}/count"] += n
-        return sums
+    def _token_budget_bounds(self, rollout: Rollout) -> list[tuple[int, int]] | None:
+        """Micro-batch ranges cut by train.micro_batch_tokens, as many on every rank (None when it is off)."""
+        t = self.cfg.train
+        if not t.micro_batch_tokens:
+            return None
+        lengths = [(len(record.prompt_ids), len(c.token_ids)) for record, group in zip(rollout.prompts, rollout.groups)
+                   for c in group]
+        bounds = token_budget_bounds(lengths, t.micro_batch_tokens, t.micro_batch_size)
+        count = reduce_across_ranks({}, {"micro_batches": len(bounds)}, self.dist.device)["micro_batches"]
+        return split_to_count(bounds, int(count), lengths)
 
     def _reference_and_old_logprobs(self, micro_batches: list[MicroBatch]) -> None:
         """Frozen reference logprobs (KL) and, when any update would not be on-policy, the old ones."""
         algo, temperature = self.cfg.algo, self.cfg.rollout.temperature
         need_old = (algo.ppo_epochs > 1 or algo.mini_batches > 1 or algo.importance_cap > 0
-                    or (algo.kl_in == "reward" and self.train.ref_engine is not None))
+                    or (algo.kl_in == "reward" and self.policy.has_reference))
         for mb in micro_batches:
-            if self.train.ref_engine is not None:
-                mb.ref_logp_BT = self.train.reference_logprobs(mb, temperature)
+            if self.policy.has_reference:
+                mb.ref_logp_BT = self.policy.reference_logprobs(mb, temperature)
             if need_old:
-                mb.old_logp_BT = self.train.old_policy_logprobs(mb, temperature)
+                mb.old_logp_BT = self.policy.old_policy_logprobs(mb, temperature)
 
-    def _sequence_kls(self, micro_batches: list[MicroBatch]) -> list[torch.Tensor]:
-        """Per sequence, the summed KL estimate between the old policy and the reference."""
+    def _penalise_kl_in_reward(self, rollout: Rollout, micro_batches: list[MicroBatch]) -> None:
+        """algo.kl_in=reward: each completion's reward loses kl_coef x its summed KL(old policy || reference)."""
         kl = KL_ESTIMATORS[self.cfg.algo.kl_estimator]
-        return [seq for mb in micro_batches
-                for seq in (kl(mb.old_logp_BT, mb.ref_logp_BT) * mb.response_mask_BT).sum(-1).cpu()]
+        kl_sum_PG = torch.tensor([float(seq) for mb in micro_batches
+                                  for seq in (kl(mb.old_logp_BT, mb.ref_logp_BT) * mb.response_mask_BT).sum(-1).cpu()])
+        kl_sum_PG = kl_sum_PG.view_as(rollout.rewards_PG)
+        rollout.rewards_PG = kl_penalised_rewards(rollout.rewards_PG, kl_sum_PG, self.cfg.algo.kl_coef)
+        rollout.kl_penalty_PG = self.cfg.algo.kl_coef * kl_sum_PG
 
     def _advantages(self, rewards_PG: torch.Tensor) -> torch.Tensor:
         estimator = ADVANTAGES[self.cfg.algo.advantage]
@@ -243,173 +185,100 @@ class Trainer:
             adv_PG = whiten(adv_PG, mean, std, self.cfg.algo.adv_eps)
         return adv_PG
 
-    def _token_budget_bounds(self, prompts, groups) -> list[tuple[int, int]] | None:
-        """Micro-batch ranges cut by train.micro_batch_tokens, as many on every rank (None when it is off)."""
-        t = self.cfg.train
-        if not t.micro_batch_tokens:
-            return None
-        lengths = [(len(record.prompt_ids), len(c.token_ids)) for record, group in zip(prompts, groups) for c in group]
-        bounds = token_budget_bounds(lengths, t.micro_batch_tokens, t.micro_batch_size)
-        count = reduce_across_ranks({}, {"micro_batches": len(bounds)}, self.dist.device)["micro_batches"]
-        return split_to_count(bounds, int(count), lengths)
-
-    def _optimize(self, micro_batches: list[MicroBatch]):
-        """algo.ppo_epochs passes over the rollout, each in algo.mini_batches optimizer steps.
-
-        Returns local sums (per-update means added up over updates), local maxes and the mean grad norm.
-        """
-        algo, temperature = self.cfg.algo, self.cfg.rollout.temperature
-        policy_loss, aggregate = POLICY_LOSSES[algo.policy_loss], LOSS_AGGREGATIONS[algo.loss_agg]
-        kl_estimator = KL_ESTIMATORS[algo.kl_estimator]
-        # cut by tokens, all of a step's micro-batches make one update (algo.mini_batches is 1 then)
-        per_update = len(micro_batches) if self.cfg.train.micro_batch_tokens else self.cfg.derived.micro_batches_per_update
-        updates = [micro_batches[i:i + per_update] for i in range(0, len(micro_batches), per_update)]
-        norms = [step_norm(reduce_across_ranks(local_counts(chunk), {}, self.dist.device), self.cfg.rollout.max_new_tokens)
-                 for chunk in updates]
-        sums = dict.fromkeys(["loss/policy", "loss/kl", "loss/total", "policy/entropy", "policy/approx_kl",
-                              "policy/clipped_tokens", "policy/dual_clipped_tokens", "rollout/logprob_diff_sum",
-                              "rollout/importance_weight_sum", "rollout/importance_capped_tokens"], 0.0)
-        maxes = {"rollout/logprob_diff_max": 0.0}
-        grad_norms = []
-        for epoch in range(algo.ppo_epochs):
-            for chunk, norm in zip(updates, norms):
-                for i, mb in enumerate(chunk):
-                    logp_BT, entropy_BT = self.train.policy_logprobs(mb, temperature)
-                    mask_BT = mb.response_mask_BT
-                    # With one on-policy update the policy that sampled is the current one, so the old
-                    # logprobs are these, detached (a separate forward would compute the same numbers).
-                    old_logp_BT = mb.old_logp_BT if mb.old_logp_BT is not None else logp_BT.detach()
-                    pg_BT, pg_metrics = policy_loss(logp_BT, old_logp_BT, mb.advantages_B, mask_BT,
-                                                    clip_low=algo.clip_low, clip_high=algo.clip_high,
-                                                    dual_clip=algo.dual_clip)
-                    if algo.importance_cap > 0:
-                        weights_BT, w_metrics = truncated_importance_weights(
-                            old_logp_BT, mb.sampler_logp_BT, mask_BT, algo.importance_cap, algo.importance_level)
-                        pg_BT = pg_BT * weights_BT
-                        sums["rollout/importance_weight_sum"] += float(w_metrics["weight_sum"]) / algo.ppo_epochs
-                        sums["rollout/importance_capped_tokens"] += float(w_metrics["capped_tokens"]) / algo.ppo_epochs
-                    loss_BT = pg_BT
-                    if mb.ref_logp_BT is not None:
-                        kl_BT = kl_estimator(logp_BT, mb.ref_logp_BT)
-                        if algo.kl_in == "loss":
-                            loss_BT = loss_BT + algo.kl_coef * kl_BT
-                        sums["loss/kl"] += float(aggregate(kl_BT.detach(), mask_BT, norm))
-                    if algo.entropy_coef > 0:
-                        loss_BT = loss_BT - algo.entropy_coef * entropy_BT
-                    loss = aggregate(loss_BT, mask_BT, norm)
-                    self.train.backward(loss, last=i == len(chunk) - 1)
-                    if i == len(chunk) - 1:
-                        grad_norms.append(self.train.step())
-                    else:
-                        self.train.micro_step()
-                    sums["loss/policy"] += float(aggregate(pg_BT.detach(), mask_BT, norm))
-                    sums["loss/total"] += float(loss.detach())
-                    sums["policy/entropy"] += float(aggregate(entropy_BT.detach(), mask_BT, norm))
-                    sums["policy/approx_kl"] += float(aggregate(KL_ESTIMATORS["k3"](logp_BT.detach(), old_logp_BT),
-                                                                mask_BT, norm))
-                    sums["policy/clipped_tokens"] += float(pg_metrics["clipped_tokens"])
-                    sums["policy/dual_clipped_tokens"] += float(pg_metrics.get("dual_clipped_tokens", 0.0))
-                    if epoch == 0:  # the engine/trainer mismatch, on the weights the engine sampled with
-                        generated_BT = mb.attention_mask_BL[:, mb.prompt_width:].float()  # masked or not
-                        diff_BT = (old_logp_BT - mb.sampler_logp_BT).abs() * generated_BT
-                        sums["rollout/logprob_diff_sum"] += float(diff_BT.sum())
-                        maxes["rollout/logprob_diff_max"] = max(maxes["rollout/logprob_diff_max"], float(diff_BT.max()))
-        return sums, maxes, sum(grad_norms) / len(grad_norms)
-
-    def _sampling(self, attempt: int = 1) -> SamplingSettings:
-        r = self.cfg.rollout
-        # distinct on every rank, step and dynamic-sampling attempt, reproducible from train.seed
-        seed = (self.cfg.train.seed * 1_000_003 + self.dist.rank * 10_007 + self.step * 101 + attempt) % 2**63
-        return SamplingSettings(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                max_new_tokens=r.max_new_tokens, stop=self.stop, seed=seed)
-
-    def _step_metrics(self, total: dict[str, float], grad_norm: float,
+    def _step_metrics(self, rollout: Rollout, advantages_PG: torch.Tensor, update: UpdateStats, timer: PhaseTimer,
                       sync_metrics: dict[str, float]) -> dict[str, float]:
-        updates = self.cfg.derived.optimizer_steps_per_step
-        count = total.pop("reward/count")
-        mean = total.pop("reward/sum") / count
-        variance = max(total.pop("reward/sq_sum") / count - mean * mean, 0.0)
-        tokens, loss_tokens = total.pop("response/tokens"), total.pop("norm/tokens")
-        total.pop("norm/sequences")
-        metrics = {
-            "reward/mean": mean,
-            "reward/std": variance ** 0.5,
-            "reward/accuracy": total.pop("reward/accuracy_sum") / count,
-            "reward/format": total.pop("reward/format_sum") / count,
-            "reward/overlong_penalty": total.pop("reward/overlong_sum") / count,
-            "response/length_mean": tokens / count,
-            "response/length_max": total.pop("response/length_max"),
-            "response/clipped_frac": total.pop("response/clipped_count") / count,
-            "loss/total": total.pop("loss/total") / updates,
-            "loss/policy": total.pop("loss/policy") / updates,
-            "loss/kl": total.pop("loss/kl") / updates,
-            "policy/entropy": total.pop("policy/entropy") / updates,
-            "policy/approx_kl": total.pop("policy/approx_kl") / updates,
-            "policy/clip_frac": total.pop("policy/clipped_tokens") / max(loss_tokens, 1.0) / self.cfg.algo.ppo_epochs,
-            "policy/dual_clip_frac": total.pop("policy/dual_clipped_tokens") / max(loss_tokens, 1.0) / self.cfg.algo.ppo_epochs,
-            "train/grad_norm": grad_norm,
-            "train/lr": self.train.lr(),
-            "train/loss_tokens": loss_tokens,
-            "rollout/logprob_diff_mean": total.pop("rollout/logprob_diff_sum") / tokens,
-            "rollout/logprob_diff_max": total.pop("rollout/logprob_diff_max"),
-            "throughput/tokens_per_s": tokens / total["time/step"],
-            **sync_metrics,
-        }
-        weight_sum, capped = total.pop("rollout/importance_weight_sum"), total.pop("rollout/importance_capped_tokens")
-        if self.cfg.algo.importance_cap > 0:
-            metrics["rollout/importance_weight_mean"] = weight_sum / max(loss_tokens, 1.0)
-            metrics["rollout/importance_capped_frac"] = capped / max(loss_tokens, 1.0)
-        metrics["response/reflection_rate"] = total.pop("response/reflection_count") / count
-        for name in self.data_sources:
-            seen = total.pop(f"source/{name}/count")
-            accuracy = total.pop(f"source/{name}/accuracy_sum")
-            if seen:
-                metrics[f"reward/accuracy/{name}"] = accuracy / seen
-        metrics.update(total)  # phase times and memory peaks (max over ranks), dynamic-sampling counts
+        """The step's statistics from every rank, as the logged metrics."""
+        phases = PhaseStats(peaks={**timer.as_metrics(), "memory/peak_rss_gb": peak_rss_gb(),
+                                   "memory/device_peak_gb": max_memory_allocated_gb()})
+        measured = reduce_stats([self._rollout_stats(rollout, advantages_PG), update, phases], self.dist.device)
+        rollout_stats, update_stats, phase_stats = measured
+        metrics = {**rollout_stats.metrics(), **update_stats.metrics(), "train/lr": self.policy.lr(),
+                   **phase_stats.metrics(), **sync_metrics}
+        metrics["throughput/tokens_per_s"] = rollout_stats.response_tokens / metrics["time/step"]
         return metrics
 
-    def _samples(self, prompts: list[PromptRecord], groups: list[list[Completion]], rewards_PG: torch.Tensor):
+    def _rollout_stats(self, rollout: Rollout, advantages_PG: torch.Tensor) -> RolloutStats:
+        """This rank's counts of what the rollout held (reduced over ranks by the caller)."""
+        completions = rollout.completions()
+        results = [r for group in rollout.results for r in group]
+        stats = RolloutStats(
+            completions=float(len(completions)), reward_sum=float(rollout.rewards_PG.sum()),
+            reward_sq_sum=float((rollout.rewards_PG ** 2).sum()),
+            accuracy_sum=sum(r.components.get("accuracy", 0.0) for r in results),
+            format_sum=sum(r.components.get("format", 0.0) for r in results),
+            overlong_sum=float(rollout.overlong_PG.sum()),
+            kl_penalty_sum=float(rollout.kl_penalty_PG.sum()) if rollout.kl_penalty_PG is not None else None,
+            reward_timeouts=float(rollout.reward_timeouts), reward_errors=float(rollout.reward_errors),
+            response_tokens=float(sum(len(c.token_ids) for c in completions)),
+            response_length_max=float(max(len(c.token_ids) for c in completions)),
+            clipped_responses=float(sum(c.finish_reason == "length" for c in completions)),
+            reflective_responses=float(reflection_count([c.text for c in completions])),
+            advantage_sum=float(advantages_PG.sum()), advantage_sq_sum=float((advantages_PG ** 2).sum()),
+            advantage_max=float(advantages_PG.max()), advantage_min=float(advantages_PG.min()),
+            accuracy_by_source=dict.fromkeys(self.data_sources, 0.0),
+            completions_by_source=dict.fromkeys(self.data_sources, 0.0))
+        for record, group in zip(rollout.prompts, rollout.results):
+            stats.accuracy_by_source[record.data_source] += sum(r.components.get("accuracy", 0.0) for r in group)
+            stats.completions_by_source[record.data_source] += len(group)
+        if self.cfg.algo.dynamic_sampling:
+            stats.tries, stats.filled_groups = float(rollout.tries), float(rollout.filled_groups)
+            stats.dropped_groups = float(rollout.dropped_groups)
+        else:
+            stats.tries = stats.filled_groups = stats.dropped_groups = None
+        return stats
+
+    def _samples(self, rollout: Rollout) -> list[dict]:
         every, count = self.cfg.log.samples_every, self.cfg.log.num_samples
         if self.dist.rank != 0 or every <= 0 or self.step % every != 0:
             return []
-        return [{"prompt": prompts[p].prompt_text, "response": groups[p][0].text,
-                 "reward": float(rewards_PG[p, 0]), "ground_truth": prompts[p].ground_truth,
-                 "data_source": prompts[p].data_source} for p in range(min(count, len(prompts)))]
+        return [{"prompt": record.prompt_text, "response": group[0].text, "reward": float(rollout.rewards_PG[p, 0]),
+                 "ground_truth": record.ground_truth, "data_source": record.data_source}
+                for p, (record, group) in enumerate(zip(rollout.prompts[:count], rollout.groups))]
 
+    # -- evaluation and checkpoints ----------------------------------------------------------------
+    def _eval_due(self, step: int) -> bool:
+        ev = self.cfg.eval
+        return self.evaluator is not None and should_evaluate(step, self.cfg.train.max_steps, ev.every_steps,
+                                                              ev.at_start, ev.at_end)
 
-def _reward_sums(rewards_PG: torch.Tensor, components: list[dict[str, float]], groups) -> dict[str, float]:
-    return {"reward/count": float(rewards_PG.numel()), "reward/sum": float(rewards_PG.sum()),
-            "reward/sq_sum": float((rewards_PG ** 2).sum()),
-            "reward/accuracy_sum": sum(c.get("accuracy", 0.0) for c in components),
-            "reward/format_sum": sum(c.get("format", 0.0) for c in components),
-            "reward/overlong_sum": sum(c.get("overlong_penalty", 0.0) for c in components),
-            "response/clipped_count": float(sum(c.finish_reason == "length" for g in groups for c in g))}
+    def _evaluate(self, writer: MetricsWriter, step: int) -> dict[str, float]:
+        """The eval benchmarks through the rollout engine, sharded over ranks (collective)."""
+        generation_mode(self.policy, self.rollout)
+        metrics = self.evaluator.run(self.rollout)
+        training_mode(self.rollout)
+        writer.log_eval(step, metrics)
+        writer.message(f"evaluation at step {step}:\n{format_table(metrics)}")
+        return metrics
 
+    def _save_checkpoint(self) -> Path:
+        def write_shared(folder: Path) -> None:  # rank 0: what export and a rerun need besides the engines' states
+            self.cfg.save(folder / "config.yaml")
+            self.policy.model_config().save_pretrained(folder / "hf")
+            self.tokenizer.save_pretrained(folder / "hf")
 
-def _check_choices(cfg: Config) -> None:
-    """Names that pick a function from a registry must exist; say which ones do."""
-    for key, value, registry in [("algo.advantage", cfg.algo.advantage, ADVANTAGES),
-                                 ("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES),
-                                 ("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGGREGATIONS),
-                                 ("algo.kl_estimator", cfg.algo.kl_estimator, KL_ESTIMATORS),
-                                 ("rollout.engine", cfg.rollout.engine, ENGINES)]:
-        if value not in registry:
-            close = difflib.get_close_matches(value, list(registry), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"{key}: unknown choice {value!r} (in {cfg.source}); available: "
-                            f"{', '.join(sorted(registry))}{hint}")
-    least = ADVANTAGES[cfg.algo.advantage].min_group_size
-    if cfg.rollout.n < least:
-        raise UserError(f"rollout.n = {cfg.rollout.n}: algo.advantage={cfg.algo.advantage} compares completions "
-                        f"within a group, so it needs n >= {least} (in {cfg.source})")
+        rank_state = {"step": self.step, "sampler": self.sampler.state_dict(), "rng": rng_state(),
+                      "world_size": self.dist.world_size}
+        return save_checkpoint(self.run_dir, self.step, self.cfg.checkpoint.keep, self.engines, rank_state,
+                               self.dist.rank, write_shared)
 
+    def _checkpoint_to_resume(self) -> Path | None:
+        """checkpoint.resume resolved (None: a fresh start), its saved world size checked against this run's."""
+        if self.dist.rank == 0:
+            for stale in remove_incomplete(self.run_dir):
+                print(f"checkpoint: removed {stale.name}, left by a save that did not finish", flush=True)
+        path = resolve_resume(self.run_dir, self.cfg.checkpoint.resume)
+        if path is not None:
+            read_rank_state(path, self.dist.rank, self.dist.world_size)
+        return path
 
-def _check_model_path(path: str) -> None:
-    """Fail early, before any process group exists, on a local model folder that is not there."""
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
-    if looks_local and not Path(os.path.expanduser(path)).exists():
-        raise UserError(f"model.path: no such folder {path!r}. Give a local model folder or a hub id like "
-                        "'Qwen/Qwen2.5-0.5B'; build the demo's base model with: python launch/build_base.py --out .cache/base")
+    def _resume(self, path: Path) -> int:
+        """Load the checkpoint into the engines, the sampler and the RNGs; returns the step it was saved at."""
+        state = load_checkpoint(path, self.engines, self.dist.rank, self.dist.world_size)
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        if self.dist.rank == 0:
+            print(f"checkpoint: resumed from {path} at step {state['step']}", flush=True)
+        return int(state["step"])
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,7 +1,9 @@
 """Plain dataclasses that cross stage boundaries (data -> rollout -> reward -> training).
 
-Shapes are in the names: `_B` is the batch of sequences, `_T` response tokens. Lists hold
-python ints/floats; tensors are only built inside the training engine.
+Shapes are in the names: `_P` prompts, `_G` completions per prompt, `_B` the sequences of a
+micro-batch, `_T` response tokens, `_L` whole rows. Lists hold python ints/floats; the tensors
+(typed Any to keep this module torch-free) are built by the trainer and the training engine.
+The step's statistics, and how they reduce over ranks, are in grpo/stats.py.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ class SamplingSettings:
     seed: int = 0
 
 
+def sampling_seed(base_seed: int, rank: int, index: int, attempt: int = 1) -> int:
+    """A seed distinct per rank, index (a step, a benchmark) and attempt (a dynamic-sampling round), reproducible
+    from `base_seed`; the trainer's rollouts and the evaluator's samples both draw theirs here."""
+    return (base_seed * 1_000_003 + rank * 10_007 + index * 101 + attempt) % 2**63
+
+
 @dataclass
 class Completion:
     """One sampled continuation of a prompt."""
@@ -49,6 +57,32 @@ class RewardResult:
 
     score: float
     components: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Rollout:
+    """One rank's scored rollout of a step: P prompts with G completions each, whole groups, prompt-major.
+
+    `rewards_PG` is what the advantages see: each completion's score, plus DAPO's overlong shaping,
+    minus the KL penalty when the KL goes in the reward (the trainer subtracts it once the reference
+    logprobs exist). The counters say how the rollout was collected, for the step's statistics.
+    """
+
+    prompts: list[PromptRecord]  # P
+    groups: list[list[Completion]]  # P x G
+    results: list[list[RewardResult]]  # P x G: the reward's score and components of each completion
+    rewards_PG: Any  # P x G float tensor
+    overlong_PG: Any  # P x G float tensor: the overlong shaping included in rewards_PG (0 or negative)
+    kl_penalty_PG: Any = None  # P x G float tensor subtracted from rewards_PG (algo.kl_in=reward), else None
+    tries: int = 1  # generation rounds (dynamic sampling draws more prompts while groups lack signal)
+    filled_groups: int = 0  # groups without signal taken back to fill the batch when the rounds ran out
+    dropped_groups: int = 0  # groups without signal left out
+    reward_timeouts: int = 0  # completions whose scorer ran past reward.timeout_s (scored 0)
+    reward_errors: int = 0  # completions whose scorer crashed (scored 0)
+
+    def completions(self) -> list[Completion]:
+        """Every completion, in prompt-major order (the order of micro-batches and of rewards_PG.flatten())."""
+        return [c for group in self.groups for c in group]
 
 
 @dataclass

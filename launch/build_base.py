@@ -227,8 +227,10 @@ def _pretrain_rank(rank: int, procs: int, port: int, tmp: str, model, batches, p
     import torch
     import torch.distributed as dist
 
+    from grpo.device import init_host_group
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=procs)
+    init_host_group(rank, procs, port)
     try:
         losses = _train_steps(model, batches, pad_id, lr, rank, procs, progress and rank == 0)
         if rank == 0:
@@ -295,11 +297,12 @@ def evaluate(model_dir: Path, tokenizer, rows: list[dict[str, Any]], n: int, gre
     """
     import torch
 
+    from grpo.device import HOST
     from grpo.rewards.countdown import score_countdown
     from grpo.rollout.hf import HFRolloutEngine
     from grpo.types import SamplingSettings
 
-    engine = HFRolloutEngine(str(model_dir), torch.float32, torch.device("cpu"), tokenizer)
+    engine = HFRolloutEngine(str(model_dir), torch.float32, HOST, tokenizer)
     prompts = [tokenizer(r["prompt"][0]["content"], add_special_tokens=False)["input_ids"] for r in rows]
     settings = SamplingSettings(n=n, temperature=1.0, top_k=1 if greedy else 0, max_new_tokens=max_new_tokens,
                                 seed=seed)

@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # grpo from this checkout, installed or not
+from grpo.device import HOST_ACCELERATOR  # noqa: E402  (the demo runs on the host, whatever accelerator is there)
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/countdown_tiny.yaml"
 BENCHMARK = "countdown_test"  # the stem of eval.files in the recipe
@@ -28,7 +31,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run-dir", default="runs/demo")
     parser.add_argument("overrides", nargs="*", help="section.key=value for the recipe")
     args = parser.parse_args(argv)
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", HOST_ACCELERATOR),
                HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore::FutureWarning", TOKENIZERS_PARALLELISM="false")
     start = time.time()
     built = subprocess.run([sys.executable, "launch/build_base.py", "--out", ".cache/base"], cwd=REPO, env=env)

@@ -58,10 +58,9 @@ def build_config(args: argparse.Namespace):
     if bad:
         raise UserError(f"unexpected argument {bad[0]!r}: give one MODEL, then config keys as section.key=value")
     cfg = load_config(None, args.overrides)
-    looks_local = args.model.startswith((".", "/", "~")) or args.model.count("/") != 1
-    if looks_local and not Path(os.path.expanduser(args.model)).exists():
-        raise UserError(f"model {args.model!r}: no such folder; give a Hugging Face folder (a trainer checkpoint "
-                        "exported by launch/export.py, or a run's LOG_DIR/final) or a hub id like Qwen/Qwen2.5-0.5B")
+    from grpo.data import check_model_path
+
+    check_model_path(args.model, "model")
     cfg.source = "launch/eval.py arguments"
     cfg.model.path = args.model
     cfg.eval.files = [spec.strip() for group in args.benchmarks for spec in group.split(",") if spec.strip()]
@@ -117,7 +116,8 @@ def main(argv: list[str]) -> int:
         dist = init_distributed()
         log = (lambda text: print(text, flush=True)) if dist.rank == 0 else None
         tokenizer = load_tokenizer(cfg.model.path)
-        evaluator = Evaluator.from_config(cfg, tokenizer, dist, log)  # input mistakes surface before the model loads
+        # input mistakes surface before the model loads; the engine's context fits the longest prompt
+        evaluator = Evaluator.from_config(cfg, tokenizer, dist, log, grow_prompt_length=True)
         if log:
             log(f"eval: {cfg.model.path} with the {cfg.rollout.engine} engine on {dist.world_size} rank(s), template "
                 f"{cfg.data.template}, k={evaluator.k}, temperature {evaluator.temperature}, "
@@ -129,7 +129,8 @@ def main(argv: list[str]) -> int:
             out = Path(args.out)
             meta = {"model": cfg.model.path, "step": args.step, "engine": cfg.rollout.engine, "dtype": cfg.model.dtype,
                     "template": cfg.data.template, "k": evaluator.k, "temperature": evaluator.temperature,
-                    "max_new_tokens": evaluator.max_new_tokens, "stop": evaluator.stop, "seed": cfg.train.seed,
+                    "max_new_tokens": evaluator.max_new_tokens, "max_prompt_length": cfg.data.max_prompt_length,
+                    "stop": evaluator.stop, "seed": cfg.train.seed,
                     "world_size": dist.world_size, "files": dict(parse_benchmark_spec(s) for s in cfg.eval.files)}
             write_outputs(out, metrics, evaluator.samples, meta, args.step)
             print(format_table(metrics), flush=True)

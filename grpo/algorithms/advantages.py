@@ -63,14 +63,13 @@ def _need_groups(rewards_PG: torch.Tensor, least: int, name: str) -> None:
 class AdvantageEstimator:
     fn: Callable[..., torch.Tensor]
     whiten_over_batch: bool = False
-    min_group_size: int = 1
 
 
+# The group size each needs is checked when the config is loaded (grpo.config.ADVANTAGE_GROUP_SIZES).
 ADVANTAGES: dict[str, AdvantageEstimator] = {
-    "grpo": AdvantageEstimator(grpo_advantages, min_group_size=2),
-    "dr_grpo": AdvantageEstimator(dr_grpo_advantages, min_group_size=2),
-    "rloo": AdvantageEstimator(rloo_advantages, min_group_size=2),
+    "grpo": AdvantageEstimator(grpo_advantages),
+    "dr_grpo": AdvantageEstimator(dr_grpo_advantages),
+    "rloo": AdvantageEstimator(rloo_advantages),
     "reinforce_pp": AdvantageEstimator(reinforce_pp_advantages, whiten_over_batch=True),
-    "reinforce_pp_baseline": AdvantageEstimator(reinforce_pp_baseline_advantages, whiten_over_batch=True,
-                                                min_group_size=2),
+    "reinforce_pp_baseline": AdvantageEstimator(reinforce_pp_baseline_advantages, whiten_over_batch=True),
 }

@@ -12,6 +12,7 @@ offset) cursor is all a checkpoint needs to resume mid-epoch.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.errors import UserError
-from grpo.templates import render_prompt
+from grpo.templates import load_user_templates, render_prompt
 from grpo.types import PromptRecord
 
 SUPPORTED = (".parquet", ".jsonl", ".json", ".csv")
@@ -139,7 +140,7 @@ class LoadReport:
     def __bool__(self) -> bool:
         return self.dropped > 0
 
-    def describe(self, max_prompt_length: int) -> str:
+    def describe(self, max_prompt_length: int | None = None) -> str:
         """One log line, e.g. 'dropped 3 of 100 rows: 2 longer than max_prompt_length=512 tokens, 1 malformed (...)'."""
         parts = []
         if self.too_long:
@@ -155,20 +156,22 @@ def load_prompt_records(
     files: list[str],
     template: str,
     tokenizer: Any,
-    max_prompt_length: int,
-    templates: dict[str, str] | None = None,
+    max_prompt_length: int | None,
+    templates_file: str | Path | None = None,
     skip_malformed: bool = False,
 ) -> tuple[list[PromptRecord], LoadReport]:
     """Template, tokenise and collect the prompts of `files` (in order); returns (records, report).
 
     Prompts longer than `max_prompt_length` tokens are dropped rather than truncated: a cut prompt
-    would lose the question or the answer format and only teach noise. A malformed row (a missing
+    would lose the question or the answer format and only teach noise (None keeps every prompt; the
+    evaluator decides itself what to do with long ones). `templates_file` adds the user's templates. A malformed row (a missing
     field, a prompt the template cannot render) is an error naming the field, file and row, unless
     `skip_malformed`, which skips it and counts it in the report by reason. Record indices count
     every row read, skipped ones included, so an index always points at the same source row.
     """
     if isinstance(files, (str, Path)):
         files = [files]
+    templates = load_user_templates(templates_file) if templates_file else None
     records: list[PromptRecord] = []
     report = LoadReport()
     for file in files:
@@ -196,7 +199,7 @@ def load_prompt_records(
             continue
         ids_per_text = tokenizer([p[0] for p in pending], add_special_tokens=False)["input_ids"]
         for (text, ground_truth, data_source, index), ids in zip(pending, ids_per_text):
-            if len(ids) > max_prompt_length:
+            if max_prompt_length is not None and len(ids) > max_prompt_length:
                 report.too_long += 1
                 continue
             records.append(PromptRecord(text, list(ids), ground_truth, data_source, index))
@@ -293,6 +296,15 @@ class PromptSampler:
         if epoch < 0 or not 0 <= offset < len(self.records):
             raise UserError(f"data cursor epoch={epoch}, offset={offset} is outside {len(self.records)} records")
         self.epoch, self.offset = epoch, offset
+
+
+def check_model_path(path: str, what: str) -> None:
+    """Fail early, before anything loads, on a local model folder that is not there (`what` names the setting)."""
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not Path(os.path.expanduser(path)).exists():
+        raise UserError(f"{what}: no such folder {path!r}. Give a local Hugging Face model folder (a run's "
+                        "LOG_DIR/final, or one written by launch/export.py) or a hub id like 'Qwen/Qwen2.5-0.5B'; "
+                        "build the demo's base model with: python launch/build_base.py --out .cache/base")
 
 
 def load_tokenizer(path: str):

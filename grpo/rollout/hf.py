@@ -18,6 +18,7 @@ from typing import Iterable
 
 import torch
 
+from grpo.device import is_host, torch_dtype
 from grpo.types import Completion, SamplingSettings
 
 
@@ -44,8 +45,7 @@ class HFRolloutEngine:
 
     @classmethod
     def from_config(cls, cfg, tokenizer, dist) -> "HFRolloutEngine":
-        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.model.dtype]
-        return cls(cfg.model.path, dtype, dist.device, tokenizer, cfg.rollout.batch_size)
+        return cls(cfg.model.path, torch_dtype(cfg.model.dtype), dist.device, tokenizer, cfg.rollout.batch_size)
 
     # -- weights -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -239,7 +239,7 @@ def _gqa_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
-    if (groups == 1 or attention_mask is None or query.device.type != "cpu" or kwargs.get("position_bias") is not None
+    if (groups == 1 or attention_mask is None or not is_host(query.device) or kwargs.get("position_bias") is not None
             or kwargs.get("cache") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)

@@ -2,23 +2,23 @@
 
 The policy is loaded with `HfDeepSpeedConfig` + `from_pretrained`, so under ZeRO-3 each rank only
 ever holds its shard; torch's AdamW is the client optimizer (no op compilation on any device).
-The engine knows nothing of RL: it turns micro-batches into token logprobs, takes backward on a
-loss the trainer computed, and steps. It also hands out parameters for the weight sync.
+`DeepSpeedTrainEngine` implements `grpo.train.PolicyEngine` and knows nothing of RL: it turns
+micro-batches into token logprobs, takes backward on a loss the trainer computed, and steps. It also
+hands out parameters for the weight sync, and saves/loads its state in DeepSpeed's checkpoint format
+(`consolidated_state_dict` reads one back into a plain state dict, for export).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from pathlib import Path
 
 import torch
 
 from grpo.config import Config
-from grpo.device import DistInfo
+from grpo.device import DistInfo, torch_dtype
 from grpo.errors import UserError
 from grpo.types import MicroBatch
 from grpo.train.packing import FlopModel, forward_layout, layout_logprobs
-
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def deepspeed_config(cfg: Config, stage: int, train: bool) -> dict:
@@ -64,7 +64,7 @@ class DeepSpeedTrainEngine:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         self.cfg, self.dist = cfg, dist
-        dtype = DTYPES[cfg.model.dtype]
+        dtype = torch_dtype(cfg.model.dtype)
         stage = cfg.train.zero_stage
         ds_train = deepspeed_config(cfg, stage, train=True)
         needs_reference = cfg.algo.kl_coef > 0
@@ -92,6 +92,7 @@ class DeepSpeedTrainEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_train)
         self._flops = FlopModel.from_config(model.config) if cfg.train.pack_prompts else None
         self.ref_engine = None
+        self.has_reference = needs_reference
         if needs_reference:
             # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
             ref.requires_grad_(False)
@@ -103,7 +104,7 @@ class DeepSpeedTrainEngine:
     def _logprobs(self, engine, mb: MicroBatch, temperature: float, with_entropy: bool, entropy_grad: bool = False):
         # Packed (each distinct prompt once) when that is cheaper, and only the logits that predict
         # response tokens: see grpo/train/packing.py.
-        layout = forward_layout(mb, self._flops, DTYPES[self.cfg.model.dtype])
+        layout = forward_layout(mb, self._flops, torch_dtype(self.cfg.model.dtype))
         return layout_logprobs(engine, mb, layout, temperature, with_entropy, entropy_grad)
 
     def policy_logprobs(self, mb: MicroBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +141,8 @@ class DeepSpeedTrainEngine:
         """
         self.engine.set_gradient_accumulation_boundary(last)
         self.engine.backward(loss * self.dist.world_size, scale_wrt_gas=False)
+        if not last:
+            self.engine.step()  # before the boundary this only advances DeepSpeed's micro-batch counter
 
     def step(self) -> float:
         """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm."""
@@ -148,10 +151,6 @@ class DeepSpeedTrainEngine:
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
-
-    def micro_step(self) -> None:
-        """Advance DeepSpeed's micro-batch counter between accumulation micro-batches."""
-        self.engine.step()
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -169,6 +168,20 @@ class DeepSpeedTrainEngine:
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
+    def model_config(self):
+        return self.engine.module.config
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_state(self, folder: Path) -> None:
+        """DeepSpeed's checkpoint (module, optimizer and scheduler state, each rank its shard) into `folder`."""
+        self.engine.save_checkpoint(str(folder.parent), tag=folder.name)
+
+    def load_state(self, folder: Path) -> None:
+        loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if loaded is None:
+            raise UserError(f"DeepSpeed could not load the checkpoint in {folder}")
+
     def save_hf(self, out_dir: str, tokenizer) -> None:
         """Write the policy as a Hugging Face folder (safetensors) from rank 0; collective under ZeRO-3."""
         if self.cfg.train.zero_stage == 3:
@@ -179,5 +192,12 @@ class DeepSpeedTrainEngine:
             self.engine.module.save_pretrained(out_dir, state_dict=state)
             tokenizer.save_pretrained(out_dir)
 
-    def parameter_iter(self) -> Iterator[torch.nn.Parameter]:
-        return self.engine.module.parameters()
+
+def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The whole module's fp32 state dict from a folder `save_state` wrote, in one process without engines:
+    ZeRO 1-3 shards are merged by DeepSpeed's own converter; a stage-0 folder already holds the whole module."""
+    if zero_stage == 0:
+        return torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)

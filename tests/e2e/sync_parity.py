@@ -23,8 +23,8 @@ initial = {name: t.detach().clone() for name, t in trainer.rollout.named_weights
 trainer.fit()
 engine_weights = trainer.rollout.named_weights()
 mismatched, moved = [], 0
-for name, param in trainer.train.named_parameters_for_sync():
-    with trainer.train.gathered([param]):
+for name, param in trainer.policy.named_parameters_for_sync():
+    with trainer.policy.gathered([param]):
         trained = param.data.detach().clone()
     if not torch.equal(trained, engine_weights[name]):
         mismatched.append(name)

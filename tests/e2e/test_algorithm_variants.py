@@ -62,3 +62,37 @@ def test_token_budget_makes_the_same_update_in_more_micro_batches(variants):
     assert budget["response/length_mean"] == plain["response/length_mean"]
     for key in ("loss/policy", "loss/total", "policy/entropy", "train/grad_norm"):
         assert budget[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-7), key
+
+
+def test_advantage_estimators_differ_where_they_should(variants):
+    # Step 1 of every variant samples the same completions (same weights, seeds and reward), so the
+    # estimators are compared here on the same rewards: 8 prompts x G = 8 completions over 2 ranks.
+    grpo, dr, rloo, rpp = (variants[name]["steps"][0] for name in ("grpo", "dr_grpo", "rloo", "reinforce_pp"))
+    assert grpo["reward/mean"] == dr["reward/mean"] == rloo["reward/mean"]
+    for m in (grpo, dr, rloo):  # each group's advantages sum to 0, so their mean over the batch is 0
+        assert abs(m["advantage/mean"]) < 1e-6
+    # GRPO divides by the group's (unbiased) std: a group's squared advantages sum to G - 1 = 7, so over
+    # the batch their population std is sqrt(7/8) (every group has some spread under the digit reward).
+    assert grpo["advantage/std"] == pytest.approx(math.sqrt(7 / 8), rel=1e-3)
+    # Dr. GRPO does not: its advantages spread as the rewards do within their groups, which is at most
+    # the rewards' spread over the whole batch (law of total variance), far below GRPO's.
+    assert dr["advantage/std"] <= dr["reward/std"] + 1e-9 and dr["advantage/std"] < 0.5 * grpo["advantage/std"]
+    # RLOO: r_i minus the mean of the other 7 = 8/7 (r_i - group mean): Dr. GRPO's advantages times 8/7
+    for key in ("advantage/max", "advantage/min", "advantage/std"):
+        assert rloo[key] == pytest.approx(8 / 7 * dr[key], rel=1e-5), key
+    # REINFORCE++ whitens over the whole batch of both ranks: mean 0, std 1 (to eps / std)
+    assert rpp["advantage/mean"] == pytest.approx(0.0, abs=1e-5)
+    assert rpp["advantage/std"] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_kl_in_the_reward_changes_rewards_not_the_loss(variants):
+    # At step 2 the policy has moved off the reference, so the KL estimate is non-zero in both variants.
+    in_reward, in_loss = variants["reinforce_pp"]["steps"][1], variants["grpo"]["steps"][1]
+    assert in_reward["loss/kl"] != 0.0 and in_loss["loss/kl"] != 0.0  # logged either way
+    # REINFORCE++ (kl_in=reward): each completion's reward lost kl_coef x its summed KL, the loss has no KL term
+    assert in_reward["reward/kl_penalty"] != 0.0
+    assert in_reward["loss/total"] == pytest.approx(in_reward["loss/policy"], rel=1e-9, abs=1e-12)
+    # GRPO (kl_in=loss): rewards untouched, the loss is the policy loss + kl_coef (0.001) x the KL term (to
+    # float32 rounding of the two sums, about 1e-8 here against a term of about 2e-5)
+    assert "reward/kl_penalty" not in in_loss
+    assert in_loss["loss/total"] - in_loss["loss/policy"] == pytest.approx(0.001 * in_loss["loss/kl"], rel=1e-2)

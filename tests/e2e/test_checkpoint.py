@@ -1,5 +1,6 @@
-"""End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume, a SIGKILL during a save,
-and export of a checkpoint to a Hugging Face folder.
+"""End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume (metrics and weights, with the vLLM
+engine and dynamic sampling when vLLM is installed), a SIGKILL during a save, a resume on another number of
+ranks refused with a clear error, and export of a checkpoint to a Hugging Face folder.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import importlib.util
 
 import psutil
 import pytest
@@ -18,6 +21,10 @@ from cli import REPO, cli_env, run_cli, tiny_overrides
 RECIPE = "recipes/countdown_tiny.yaml"
 # Everything but wall-clock time, memory and throughput must repeat exactly on CPU in fp32.
 VOLATILE = ("time/", "memory/", "throughput/")
+# The resume test runs the engine that has state worth losing (vLLM's own seeded generators and prefix
+# cache) and dynamic sampling (its extra rounds move the data cursor), when vLLM is installed.
+RESUMED = (["rollout.engine=vllm", "rollout.kv_cache_mb=64", "algo.dynamic_sampling=true"]
+           if importlib.util.find_spec("vllm") else ["algo.dynamic_sampling=true"])
 
 
 def train(tiny_dir, plugin, run_dir, steps, *extra):
@@ -35,21 +42,38 @@ def metrics(run_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_dir, reward_plugin_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    train(tiny_dir, reward_plugin_dir, run_dir, 4, "checkpoint.every_steps=2")
+    train(tiny_dir, reward_plugin_dir, run_dir, 4, "checkpoint.every_steps=2", *RESUMED)
     return run_dir
 
 
 def test_resume_repeats_the_uninterrupted_run(uninterrupted, tiny_dir, reward_plugin_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
     run_dir = tmp_path / "run"
-    train(tiny_dir, reward_plugin_dir, run_dir, 2, "checkpoint.every_steps=2")
-    resumed = train(tiny_dir, reward_plugin_dir, run_dir, 4, "checkpoint.every_steps=2")
+    train(tiny_dir, reward_plugin_dir, run_dir, 2, "checkpoint.every_steps=2", *RESUMED)
+    resumed = train(tiny_dir, reward_plugin_dir, run_dir, 4, "checkpoint.every_steps=2", *RESUMED)
     assert "resumed from" in resumed.stdout and "step_00000002 at step 2" in resumed.stdout
     straight, split = metrics(uninterrupted), metrics(run_dir)
     assert [m["step"] for m in split] == [1, 2, 3, 4]  # each step logged once across the two runs
+    assert "dynamic/tries" in split[-1]  # dynamic sampling was on
     for a, b in zip(straight[2:], split[2:]):
         for key, value in a.items():
             if not key.startswith(VOLATILE):
                 assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (a["step"], key)
+    # and the weights they end with: the same to rounding (lr 1e-3 makes any lost state show far above it)
+    ends = [AutoModelForCausalLM.from_pretrained(d / "final", dtype=torch.float32).state_dict()
+            for d in (uninterrupted, run_dir)]
+    for name, weight in ends[0].items():
+        torch.testing.assert_close(ends[1][name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_on_another_number_of_ranks_is_a_clear_error(uninterrupted, tiny_dir, tmp_path):
+    # saved by 2 ranks, resumed by 1 process: refused before training, naming both world sizes
+    checkpoint = uninterrupted / "checkpoints" / "step_00000004"
+    result = run_cli(["launch/run.py", RECIPE, *tiny_overrides(tiny_dir, tmp_path / "run"), "train.max_steps=5",
+                      f"checkpoint.resume={checkpoint}"], cli_env(), torchrun=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert f"checkpoint {checkpoint} was saved by 2 ranks, this run has 1" in result.stderr, result.stderr[-4000:]
 
 
 def test_exported_checkpoint_equals_the_trained_model(uninterrupted, tmp_path):

@@ -23,12 +23,18 @@ REQUIRED_KEYS = [
 ]
 
 
+def eval_overrides(tiny_dir) -> list[str]:
+    """Evaluation while training, on 8 held-out prompts (4 per rank): before step 1, at step 2 and at the end."""
+    return [f"eval.files=[held_out={tiny_dir / 'countdown_test.parquet'}]", "eval.max_prompts=8", "eval.k=2",
+            "eval.max_new_tokens=16", "eval.every_steps=2", "eval.at_start=true"]
+
+
 @pytest.fixture(scope="module")
 def torchrun_run(tiny_dir, reward_plugin_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("zero3") / "run"
     result = run_cli(["launch/run.py", RECIPE, *tiny_overrides(tiny_dir, run_dir), f"train.max_steps={STEPS}",
-                      "reward.functions=[digit_reward:digit_share]", "train.lr=1.0e-3", "log.samples_every=1"],
-                     cli_env(reward_plugin_dir), torchrun=True)
+                      "reward.functions=[digit_reward:digit_share]", "train.lr=1.0e-3", "log.samples_every=1",
+                      *eval_overrides(tiny_dir)], cli_env(reward_plugin_dir), torchrun=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return run_dir
 
@@ -49,6 +55,18 @@ def test_metrics_have_every_key_and_finite_loss(torchrun_run):
         assert row["train/grad_norm"] > 0
         # 8 prompts x n=8 = 64 completions of at most 64 tokens (the recipe's rollout.max_new_tokens)
         assert 1 <= row["response/length_mean"] <= row["response/length_max"] <= 64
+
+
+def test_evaluation_runs_while_training_on_cadence(torchrun_run):
+    evals = json.loads((torchrun_run / "eval.json").read_text())
+    assert list(evals) == ["step 0", "step 2", "step 3"]  # at_start, every 2 steps, at the end (step 3)
+    for label, metrics in evals.items():
+        assert metrics["eval/held_out/n"] == 8.0 and metrics["eval/held_out/size"] > 8, label  # 8 of the set
+        assert all(0.0 <= metrics[f"eval/held_out/{m}"] <= 1.0 for m in ("pass@1", "avg@2", "maj@2", "pass@2"))
+        assert 1.0 <= metrics["eval/held_out/length"] <= 16.0  # eval.max_new_tokens
+    rows = {row["step"]: row for row in read_metrics(torchrun_run)}
+    assert "eval/held_out/pass@1" in rows[2] and "eval/held_out/pass@1" not in rows[1]  # logged with the step
+    assert rows[3]["eval/held_out/pass@1"] == evals["step 3"]["eval/held_out/pass@1"]
 
 
 def test_sampler_used_the_synced_weights(torchrun_run):

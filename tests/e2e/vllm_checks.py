@@ -38,8 +38,8 @@ fixed_ids = trainer.tokenizer("Using the numbers [3, 5, 2], make 16. <answer> (3
 
 def trainer_logprobs(ids):
     with torch.no_grad():
-        logits = trainer.train.engine(input_ids=torch.tensor([ids])).logits[0].float()
-    trainer.train.release_gathered()
+        logits = trainer.policy.engine(input_ids=torch.tensor([ids])).logits[0].float()
+    trainer.policy.release_gathered()
     return torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1)
 
 
@@ -66,7 +66,7 @@ for step in range(1, 4):
 # every layer and the tied lm_head.weight reach vLLM (embeddings of ones, the target row twos,
 # attention and MLP outputs zeroed so each position's hidden state is the normalised embedding).
 target = trainer.tokenizer.convert_tokens_to_ids("7")
-params = dict(trainer.train.engine.module.named_parameters())
+params = dict(trainer.policy.engine.module.named_parameters())
 with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
     if rank == 0:
         with torch.no_grad():
@@ -79,7 +79,7 @@ with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
                 elif name.endswith("norm.weight"):
                     p.fill_(1.0)
 trainer.rollout.wake_weights()
-push_weights(trainer.train, trainer.rollout, cfg.sync.bucket_mb)
+push_weights(trainer.policy, trainer.rollout, cfg.sync.bucket_mb)
 trainer.rollout.wake()
 groups = trainer.rollout.generate([fixed_ids[:8]], SamplingSettings(n=4, max_new_tokens=8, seed=rank))
 tokens = [t for c in groups[0] for t in c.token_ids]

@@ -31,12 +31,11 @@ def norm(tokens: float, sequences: float = 1.0, max_len: float = 1.0) -> StepNor
 
 def test_registries_map_names_to_functions():
     assert ADVANTAGES == {
-        "grpo": AdvantageEstimator(grpo_advantages, whiten_over_batch=False, min_group_size=2),
-        "dr_grpo": AdvantageEstimator(dr_grpo_advantages, whiten_over_batch=False, min_group_size=2),
-        "rloo": AdvantageEstimator(rloo_advantages, whiten_over_batch=False, min_group_size=2),
-        "reinforce_pp": AdvantageEstimator(reinforce_pp_advantages, whiten_over_batch=True, min_group_size=1),
-        "reinforce_pp_baseline": AdvantageEstimator(reinforce_pp_baseline_advantages, whiten_over_batch=True,
-                                                    min_group_size=2),
+        "grpo": AdvantageEstimator(grpo_advantages, whiten_over_batch=False),
+        "dr_grpo": AdvantageEstimator(dr_grpo_advantages, whiten_over_batch=False),
+        "rloo": AdvantageEstimator(rloo_advantages, whiten_over_batch=False),
+        "reinforce_pp": AdvantageEstimator(reinforce_pp_advantages, whiten_over_batch=True),
+        "reinforce_pp_baseline": AdvantageEstimator(reinforce_pp_baseline_advantages, whiten_over_batch=True),
     }
     assert POLICY_LOSSES == {"ppo_clip": ppo_clip_loss, "gspo": gspo_loss}
     assert KL_ESTIMATORS == {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
@@ -156,16 +155,18 @@ def test_estimators_keep_groups_independent_and_shape(name):
 
 
 @pytest.mark.parametrize("name", list(ADVANTAGES))
-def test_min_group_size_is_enforced_by_the_estimator(name):
+def test_group_size_is_enforced_by_the_estimator_as_the_config_declares(name):
+    from grpo.config import ADVANTAGE_GROUP_SIZES
+
     estimator = ADVANTAGES[name]
     rewards_PG = torch.tensor([[1.0], [0.0]])  # groups of one completion
-    if estimator.min_group_size > 1:
+    if name in GROUP_ESTIMATORS:
         with pytest.raises(ValueError, match="at least 2 completions per group, got 1"):
             estimator.fn(rewards_PG)
     else:  # REINFORCE++ has no group statistics: a single sample per prompt is fine
         torch.testing.assert_close(estimator.fn(rewards_PG), rewards_PG)
-    # The trainer's config check only needs min_group_size; estimators with a group baseline need 2.
-    assert estimator.min_group_size == (2 if name in GROUP_ESTIMATORS else 1)
+    # load_config checks rollout.n against the config's table, which must say what the estimator needs
+    assert ADVANTAGE_GROUP_SIZES[name] == (2 if name in GROUP_ESTIMATORS else 1)
     assert estimator.whiten_over_batch == name.startswith("reinforce_pp")
 
 

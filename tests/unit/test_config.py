@@ -275,9 +275,36 @@ def test_micro_batch_size_must_divide_sequences_per_rank():
     assert "use a divisor of 32" in message
 
 
-def test_grpo_needs_a_group_of_two():
-    message = finalize_error("rollout.n=1")
-    assert message.startswith("rollout.n ") and "n >= 2" in message
+def test_group_advantages_need_a_group_of_two():
+    for advantage in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"):
+        message = finalize_error("rollout.n=1", f"algo.advantage={advantage}")
+        assert message.startswith(f"rollout.n = 1: algo.advantage={advantage} compares") and "n >= 2" in message
+    # REINFORCE++ whitens over the batch, not within a group: one sample per prompt is allowed
+    cfg = load_config(None, ["rollout.n=1", "algo.advantage=reinforce_pp", "data.train_files=[x.parquet]",
+                             "train.micro_batch_size=1"])
+    assert cfg.finalize(1).derived.samples_per_rank == 64
+
+
+def test_config_choices_are_the_registries_names():
+    import typing
+
+    from grpo.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+    from grpo.config import ADVANTAGE_GROUP_SIZES, AlgoConfig, RolloutConfig
+    from grpo.rollout import ENGINES
+
+    algo, rollout = typing.get_type_hints(AlgoConfig), typing.get_type_hints(RolloutConfig)
+    for hint, registry in [(algo["advantage"], ADVANTAGES), (algo["policy_loss"], POLICY_LOSSES),
+                           (algo["loss_agg"], LOSS_AGGREGATIONS), (algo["kl_estimator"], KL_ESTIMATORS),
+                           (rollout["engine"], ENGINES)]:
+        assert set(typing.get_args(hint)) == set(registry)
+    assert set(ADVANTAGE_GROUP_SIZES) == set(ADVANTAGES)
+
+
+@pytest.mark.parametrize("override, nearest", [("algo.advantage=dr_gpro", "dr_grpo"), ("algo.policy_loss=gpso", "gspo"),
+                                               ("algo.kl_estimator=kl3", "k3"), ("algo.loss_agg=token_means", "token_mean")])
+def test_a_misspelt_choice_fails_in_load_config_with_the_nearest_name(override, nearest):
+    with pytest.raises(ConfigError, match=f"did you mean '{nearest}'"):
+        load_config(None, [override])
 
 
 def test_empty_train_files_is_an_error():

@@ -152,8 +152,9 @@ SCRIPT = {
 #   maj@4 = (wrong, right, wrong) = 1/3
 #   pass@4 with n = k = 4: 1 - C(4-c, 4)/C(4, 4) is 1 when c > 0: (1 + 1 + 0) / 3 = 2/3
 #   length = mean greedy tokens = (3 + 5 + 7) / 3 = 5
-EXPECTED = {"eval/cd/n": 3.0, "eval/cd/pass@1": 2 / 3, "eval/cd/avg@4": 5 / 12, "eval/cd/maj@4": 1 / 3,
-            "eval/cd/pass@4": 2 / 3, "eval/cd/length": 5.0}
+EXPECTED = {"eval/cd/n": 3.0, "eval/cd/size": 3.0,  # size: rows in the benchmark, all 3 evaluated
+            "eval/cd/pass@1": 2 / 3, "eval/cd/avg@4": 5 / 12, "eval/cd/maj@4": 1 / 3, "eval/cd/pass@4": 2 / 3,
+            "eval/cd/length": 5.0}
 
 
 class ScriptedEngine:
@@ -186,8 +187,8 @@ def test_evaluator_reaches_the_hand_worked_metrics_through_verify_batch():
     assert (sampled.n, sampled.top_k, sampled.temperature) == (4, 0, 0.7)
     assert [s["correct"] for s in evaluator.samples] == [True, False]  # num_samples=2 greedy completions
     table = format_table(metrics)
-    assert table.splitlines()[0].split() == ["benchmark", "n", "pass@1", "avg@4", "maj@4", "pass@4", "length"]
-    assert table.splitlines()[1].split() == ["cd", "3", "0.667", "0.417", "0.333", "0.667", "5.0"]
+    assert table.splitlines()[0].split() == ["benchmark", "n", "size", "pass@1", "avg@4", "maj@4", "pass@4", "length"]
+    assert table.splitlines()[1].split() == ["cd", "3", "3", "0.667", "0.417", "0.333", "0.667", "5.0"]
 
 
 def test_each_rank_takes_every_world_size_th_prompt():
@@ -206,7 +207,7 @@ def test_each_rank_takes_every_world_size_th_prompt():
 
 def test_greedy_only_and_bad_settings():
     metrics = Evaluator({"cd": RECORDS}, k=0).run(ScriptedEngine())
-    assert set(metrics) == {"eval/cd/n", "eval/cd/pass@1", "eval/cd/length"}
+    assert set(metrics) == {"eval/cd/n", "eval/cd/size", "eval/cd/pass@1", "eval/cd/length"}
     with pytest.raises(UserError, match="eval.temperature"):
         Evaluator({"cd": RECORDS}, temperature=0.0)
     with pytest.raises(UserError, match="no benchmark prompts"):
@@ -217,7 +218,7 @@ def test_write_eval_json(tmp_path):
     path = write_eval_json(tmp_path / "out" / "eval.json", EXPECTED, {"model": "m", "k": 4})
     data = json.loads(path.read_text())
     assert data["model"] == "m" and data["metrics"] == EXPECTED
-    assert data["benchmarks"] == {"cd": {"n": 3.0, "pass@1": 2 / 3, "avg@4": 5 / 12, "maj@4": 1 / 3, "pass@4": 2 / 3,
+    assert data["benchmarks"] == {"cd": {"n": 3.0, "size": 3.0, "pass@1": 2 / 3, "avg@4": 5 / 12, "maj@4": 1 / 3, "pass@4": 2 / 3,
                                          "length": 5.0}}
 
 
@@ -239,8 +240,11 @@ def test_evaluator_on_the_tiny_model_with_the_transformers_engine(tiny_dir):
     evaluator = Evaluator.from_config(cfg, tokenizer, dist, log=lines.append)
     engine = build_rollout_engine(cfg, tokenizer, dist)
     metrics = evaluator.run(engine)
-    assert set(metrics) == {f"eval/cd/{m}" for m in ("n", "pass@1", "avg@3", "maj@3", "pass@3", "length")}
+    assert set(metrics) == {f"eval/cd/{m}" for m in ("n", "size", "pass@1", "avg@3", "maj@3", "pass@3", "length")}
     assert metrics["eval/cd/n"] == 5.0  # the first 5 prompts, all on the one rank
+    from grpo.data import read_rows
+
+    assert metrics["eval/cd/size"] == len(read_rows(tiny_dir / "countdown_test.parquet"))  # the whole file's rows
     assert all(0.0 <= metrics[f"eval/cd/{m}"] <= 1.0 for m in ("pass@1", "avg@3", "maj@3", "pass@3"))
     assert 1.0 <= metrics["eval/cd/length"] <= 8.0
     assert len(evaluator.samples) == 2 and lines and lines[-1].startswith("eval cd: 5 prompts")
@@ -248,6 +252,39 @@ def test_evaluator_on_the_tiny_model_with_the_transformers_engine(tiny_dir):
     first = [s["response"] for s in evaluator.samples]
     evaluator.run(engine)
     assert [s["response"] for s in evaluator.samples] == first
+
+
+def _long_prompt_config(tiny_dir, limit: int):
+    return load_config(None, [f"model.path={tiny_dir / 'model'}", "model.dtype=float32", "data.template=raw",
+                              f"data.max_prompt_length={limit}", f"eval.files=[cd={tiny_dir / 'countdown_test.parquet'}]"])
+
+
+def test_eval_never_drops_a_prompt_for_its_length(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from grpo.device import DistInfo
+
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model")
+    # the whole set, however long its prompts: the limit they have to fit in is what changes
+    cfg = _long_prompt_config(tiny_dir, 4096)
+    rows = Evaluator.from_config(cfg, tokenizer, dist).benchmarks["cd"]
+    lengths = sorted(len(r.prompt_ids) for r in rows)
+    limit = lengths[len(lengths) // 2]  # about half the prompts are longer than this
+    too_long = sum(n > limit for n in lengths)
+    assert 0 < too_long < len(rows)
+    # training run (engine already sized): an error naming how many, the longest and the key to raise
+    with pytest.raises(UserError) as error:
+        Evaluator.from_config(_long_prompt_config(tiny_dir, limit), tokenizer, dist)
+    message = str(error.value)
+    assert f"cd: {too_long} of {len(rows)}" in message and f"longest has {lengths[-1]}" in message
+    assert "raise data.max_prompt_length" in message
+    # launch/eval.py (engine built after): the limit grows to the longest prompt and every prompt is evaluated
+    cfg = _long_prompt_config(tiny_dir, limit)
+    lines = []
+    evaluator = Evaluator.from_config(cfg, tokenizer, dist, log=lines.append, grow_prompt_length=True)
+    assert cfg.data.max_prompt_length == lengths[-1] and len(evaluator.benchmarks["cd"]) == len(rows)
+    assert any(f"raised from {limit} to {lengths[-1]}" in line for line in lines)
 
 
 # ---------------------------------------------------------------- launch/eval.py
@@ -279,7 +316,8 @@ def test_eval_cli_on_countdown_and_gsm8k(tiny_dir, tmp_path):
     assert data["benchmarks"].keys() == {"cd", "gsm8k"}
     for name in ("cd", "gsm8k"):
         assert data["benchmarks"][name]["n"] == 4.0
-        assert set(data["benchmarks"][name]) == {"n", "pass@1", "avg@2", "maj@2", "pass@2", "length"}
+        assert set(data["benchmarks"][name]) == {"n", "size", "pass@1", "avg@2", "maj@2", "pass@2", "length"}
+    assert data["benchmarks"]["gsm8k"]["size"] == 8.0  # the 8 prepared rows; --max-prompts 4 evaluated half
     assert (data["k"], data["step"], data["template"], data["world_size"]) == (2, 7, "qwen_r1", 1)
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4  # 2 greedy completions per benchmark
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -301,4 +339,4 @@ def test_eval_cli_bad_input_exits_2_with_one_line(tiny_dir, args, message):
 
 def test_eval_cli_missing_model_exits_2(tmp_path):
     result = run_eval_cli(str(tmp_path / "no_model"), "--benchmarks", "x.parquet")
-    assert result.returncode == 2 and result.stderr.startswith("error: model ") and "launch/export.py" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("error: model: no such folder") and "launch/export.py" in result.stderr
