@@ -39,12 +39,14 @@ _JOINER = r"\s*(?:,|;|/|&|\bor\b|\band\b)\s*(?:option\s*|choice\s*)?"
 _JOINED_LETTER_RE = re.compile(_JOINER + r"(?:" + _LETTER + r")", re.IGNORECASE)
 # An English word after a bare "A" or "I" makes it the article or the pronoun: "A prime number"
 _WORD_AFTER_RE = re.compile(r"\s+(?!(?:or|and|is)\b)[a-z]")
-_DECORATION = r"(?:\*\*|\$|\\(?:text|textbf|mathrm|boxed)\s*\{|\s)*"
+# What may stand between a phrase and its letter: spaces, ":", "**", "$", "\\boxed{", "option". The
+# alternatives start with different characters, so the loop never backtracks over long whitespace.
+_DECORATION = r"(?:[\s:*$]|\\(?:text|textbf|mathrm|boxed)\s*\{|(?i:option|choice)(?![a-z]))*"
 # Closing phrases; the words in any case, the letter a capital (or in parentheses)
 _PHRASES_RE = re.compile(
     r"(?i:(?:correct|right|best|final)\s+(?:answer|option|choice)\s*(?:is|would\s+be|:)"
     r"|\banswer\s*(?:is|:)|\b(?:i|we)\s+(?:choose|pick|select)|\b(?:must|should|would)\s+be)"
-    r"\s*:?\s*(?i:option\s*|choice\s*)?" + _DECORATION + r"(?:" + _LETTER + r")"
+    + _DECORATION + r"(?:" + _LETTER + r")"
     r"|\b(?i:option|choice)\s*(?:" + _LETTER + r")\s+(?i:is\s+(?:the\s+)?(?:correct|right|best|answer))"
     r"|\(([A-J])\)[\s.*]*$"  # a parenthesised letter ends the text: "... so (C)."
 )

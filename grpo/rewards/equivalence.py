@@ -25,9 +25,9 @@ from fractions import Fraction
 
 from grpo.rewards.latex import MAX_ANSWER_CHARS, Normalized, normalize
 from grpo.rewards.parse import ParseError, parse
-from grpo.rewards.tree import children, rebuild
 from grpo.rewards.relations import INVALID, as_interval, assignment_value, proportional_forms, settle
 from grpo.rewards.scalars import same_scalar
+from grpo.rewards.tree import children, rebuild
 from grpo.rewards.values import NoValue, free_symbols
 
 MAX_ITEMS = 50  # longest list/set compared element by element

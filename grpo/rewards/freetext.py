@@ -101,11 +101,15 @@ def free_text_answer(text: str) -> str | None:
                         + [(n[1], n) for n in numbers], key=lambda c: c[0])
     ends = [m.start() for m in _SENTENCE_END_RE.finditer(masked)]
     # walk back from the last candidate until a sentence that answers rather than asks
-    while candidates:
-        start, end = _sentence_bounds(ends, len(masked), candidates[-1][1][0])
+    high = len(candidates)
+    while high:
+        start, end = _sentence_bounds(ends, len(masked), candidates[high - 1][1][0])
         sentence = masked[start:end]
-        in_sentence = [c[1] for c in candidates if c[1][0] >= start]
-        candidates = [c for c in candidates if c[1][0] < start]
+        low = high
+        while low and candidates[low - 1][1][0] >= start:
+            low -= 1
+        in_sentence = [c[1] for c in candidates[low:high]]
+        high = low
         if masked[end:end + 1] == "?" or _SETUP_RE.match(sentence.replace(_MASK, " ")):
             continue
         if len(in_sentence) > 1 and _ALTERNATIVE_RE.search(sentence):

@@ -1,6 +1,7 @@
 """Values of parsed answer trees (parse.py): exact rationals, complex floats, sympy expressions.
 
-Three evaluators, tried in this order by equivalence.py:
+Three evaluators, tried in this order by scalars.py (which also takes `sample_points`, the fixed
+points symbols are evaluated at, and `close`, the float comparison):
 - `exact(node)`: a Fraction when the tree is rational arithmetic (0.5, \\frac{3}{6}, 2^{10}, 7!,
   \\sqrt{16}), else None. Powers and factorials are computed only below a size bound, so
   9^{9^{9^9}} is "not exact" in microseconds instead of a hang.

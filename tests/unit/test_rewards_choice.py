@@ -54,6 +54,16 @@ def test_choice_rejects(response):
     assert not verify_choice(response, GOLD)
 
 
+def test_letter_phrases_never_backtrack_over_long_whitespace():
+    # overlapping whitespace loops in the phrase regex made these take minutes; now each is one pass
+    import time
+
+    start = time.perf_counter()
+    for response in ["the answer is" + " " * 20_000 + "x", ("Answer:" + " " * 300 + "\n") * 60, "answer:" + "** $ " * 3000]:
+        assert not verify_choice(response, GOLD)
+    assert time.perf_counter() - start < 30  # a hang bound, not a speed claim (see benchmarks/)
+
+
 def test_gold_letter_alone_and_malformed_golds():
     assert gold_choice("(b)") == ("B", None)
     assert verify_choice("Answer: J", "J")  # ten options (MMLU-Pro) without option texts

@@ -45,6 +45,7 @@ TRUTHS = {
     "gsm8k": _gsm8k_truths(),
     "countdown": [{"numbers": [44, 19, 35], "target": 98}, {"numbers": [3, 3, 8, 8], "target": 24}],
     "multiply": [56088, "1234", 0],
+    "choice": ["C", {"answer": "B", "options": ["12 m", "7 m/s", "\\frac{1}{2}", "none of these"]}, "J"],
 }
 
 
