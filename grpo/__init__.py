@@ -6,7 +6,8 @@ transformers and vLLM load only when a Trainer is built.
     import grpo
     grpo.Trainer(grpo.load_config("recipes/countdown_tiny.yaml", ["train.max_steps=3"])).fit()
 """
-from grpo.config import Config, load_config
+from grpo.config import Config
+from grpo.recipe import load_config
 from grpo.errors import UserError
 
 __all__ = ["Config", "load_config", "Trainer", "UserError"]

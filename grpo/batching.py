@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from grpo.algorithms import StepNorm
+from typing import Callable
+
+from grpo.algorithms import StepNorm, adaptive_lambda, gae, token_rewards
+from grpo.config import AlgoConfig
 from grpo.types import Completion, MicroBatch, PromptRecord
 
 
@@ -98,6 +101,41 @@ def assign_advantages(micro_batches: list[MicroBatch], adv_PG: torch.Tensor) -> 
         B = mb.input_ids_BL.shape[0]
         mb.advantages_B = torch.tensor(flat[start:start + B], dtype=torch.float32, device=mb.input_ids_BL.device)
         start += B
+
+
+def assign_gae_advantages(micro_batches: list[MicroBatch], scores: list[float], algo: AlgoConfig,
+                          kl_per_token: Callable[[MicroBatch], torch.Tensor] | None,
+                          sum_over_ranks: Callable[[dict[str, float]], dict[str, float]]) -> torch.Tensor:
+    """PPO: per-token advantages and returns of every micro-batch from its critic values (mb.old_values_BT).
+
+    `scores` are the completions' rewards in prompt-major order (as `assign_advantages` takes them); each
+    goes on its sequence's last counting token, and `kl_per_token(mb)` (algo.kl_in=reward), times
+    algo.kl_coef, comes off every token. Advantages use algo.gae_lambda, or VAPO's length-adaptive lambda
+    (returns then use lambda 1), and are whitened over the counting tokens of the whole step, on every
+    rank. Returns this rank's whitened advantages of counting tokens, flat (for the step's statistics).
+    """
+    start, raw = 0, []
+    for mb in micro_batches:
+        B, mask_BT = mb.input_ids_BL.shape[0], mb.response_mask_BT
+        scores_B = torch.tensor(scores[start:start + B], dtype=torch.float32, device=mask_BT.device)
+        start += B
+        kl_BT = kl_per_token(mb) if kl_per_token is not None else None
+        rewards_BT = token_rewards(scores_B, mask_BT, kl_BT, algo.kl_coef)
+        if algo.lambda_policy == "adaptive":
+            lam_B = adaptive_lambda(mask_BT.sum(-1), algo.lambda_alpha)
+            mb.advantages_BT, _ = gae(rewards_BT, mb.old_values_BT, mask_BT, algo.gamma, lam_B)
+            _, mb.returns_BT = gae(rewards_BT, mb.old_values_BT, mask_BT, algo.gamma, 1.0)
+        else:
+            mb.advantages_BT, mb.returns_BT = gae(rewards_BT, mb.old_values_BT, mask_BT, algo.gamma, algo.gae_lambda)
+        raw.append(mb.advantages_BT[mask_BT > 0])
+    counting = torch.cat(raw) if raw else torch.zeros(0)
+    total = sum_over_ranks({"n": float(counting.numel()), "sum": float(counting.sum()),
+                            "sq": float((counting.double() ** 2).sum())})
+    mean = total["sum"] / max(total["n"], 1.0)
+    variance = max(total["sq"] / max(total["n"], 1.0) - mean * mean, 0.0)
+    for mb in micro_batches:
+        mb.advantages_BT = (mb.advantages_BT - mean) * (variance + 1e-8) ** -0.5 * mb.response_mask_BT
+    return (counting - mean) * (variance + 1e-8) ** -0.5
 
 
 def local_counts(micro_batches: list[MicroBatch]) -> dict[str, float]:

@@ -2,8 +2,8 @@
 and exported to a Hugging Face folder.
 
 Layout of LOG_DIR/checkpoints/step_00000040/:
-    policy/                    each training engine's own state, in a folder named after it (weights,
-                               optimizer and scheduler; for DeepSpeed its shards per rank)
+    policy/, critic/           each training engine's own state, in a folder named after it (weights,
+                               optimizer and scheduler; for DeepSpeed its shards per rank); critic/ with PPO
     trainer_state_rank{R}.pt   step, data-loader cursor and RNG states of rank R, and the world size
     config.yaml                the resolved config
     hf/                        the model's config.json and the tokenizer (what export needs besides weights)
@@ -11,7 +11,7 @@ Layout of LOG_DIR/checkpoints/step_00000040/:
 A save writes into `.tmp_step_...` and is renamed to `step_...` only after every rank has finished,
 so a crash mid-save leaves a temporary folder (ignored and removed later) and the previous
 checkpoint intact. Only folders with the final name count as complete. Engines are reached through
-the `grpo.train.TrainEngine` protocol (`save_state` / `load_state`), so a critic is one more entry.
+the `grpo.train.TrainEngine` protocol (`save_state` / `load_state`): the critic is one more entry.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from grpo.train import TrainEngine
 
 _COMPLETE = re.compile(r"^step_(\d{8})$")
 POLICY = "policy"  # the policy engine's folder: every checkpoint has one
+CRITIC = "critic"  # the critic's (PPO with algo.advantage=gae)
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:

@@ -1,19 +1,17 @@
-"""The one typed configuration tree of a run, its YAML loader, dotted overrides and derived numbers.
+"""The one typed configuration tree of a run and its derived numbers.
 
 A recipe YAML mirrors the dataclasses below and only states what differs from the defaults, which
-are a sensible R1-Zero setting (GRPO, n=8, lr 1e-6, k3 KL 0.001, ZeRO-3, bf16). Overrides use
-`section.key=value` with YAML-parsed values. Unknown keys and wrong types raise `ConfigError`
-(a `UserError`: exit code 2) naming the key, the file and the nearest valid key.
+are a sensible R1-Zero setting (GRPO, n=8, lr 1e-6, k3 KL 0.001, ZeRO-3, bf16); grpo/recipe.py reads
+recipes and `section.key=value` overrides into it, rejecting unknown keys and wrong types with a
+`ConfigError` (a `UserError`: exit code 2) that names the key, the file and the nearest valid key.
+Every field has a one-line doc: the string under it (`grpo.recipe.field_docs` reads them).
 
 `finalize(world_size)` computes the per-rank numbers once and checks that they divide evenly.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +28,9 @@ class ConfigError(UserError):
 # Choices a recipe names, each a key of its registry (grpo/algorithms, grpo/rollout; tests/unit/test_config.py
 # checks they match), so a typo fails in load_config with the nearest valid name.
 # advantage estimator -> the fewest completions per prompt it works with (group statistics need two)
-ADVANTAGE_GROUP_SIZES = {"grpo": 2, "dr_grpo": 2, "rloo": 2, "reinforce_pp": 1, "reinforce_pp_baseline": 2}
-AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+# (gae, PPO's estimator, works per token with a critic: grpo/algorithms/gae.py, not the per-completion registry)
+ADVANTAGE_GROUP_SIZES = {"grpo": 2, "dr_grpo": 2, "rloo": 2, "reinforce_pp": 1, "reinforce_pp_baseline": 2, "gae": 1}
+AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"]
 PolicyLossName = Literal["ppo_clip", "gspo"]
 LossAggregationName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 KLEstimatorName = Literal["k1", "k2", "k3"]
@@ -128,7 +127,7 @@ class TrainConfig:
 @dataclass
 class AlgoConfig:
     advantage: AdvantageName = "grpo"
-    """Advantage estimator: grpo (group mean/std), dr_grpo (group mean), rloo (leave-one-out), reinforce_pp, reinforce_pp_baseline."""
+    """Advantage estimator: grpo (group mean/std), dr_grpo (group mean), rloo (leave-one-out), reinforce_pp, reinforce_pp_baseline, gae (PPO with a critic: see the critic section)."""
     policy_loss: PolicyLossName = "ppo_clip"
     """Policy loss: ppo_clip (token ratio) or gspo (sequence ratio; use clip ranges around 3e-4/4e-4)."""
     loss_agg: LossAggregationName = "token_mean"
@@ -167,6 +166,32 @@ class AlgoConfig:
     """Truncated importance weights min(pi_trainer / pi_sampler, cap) on the policy loss; 0 is off (2 is common)."""
     importance_level: Literal["token", "sequence"] = "token"
     """Importance weights per token or per whole sequence."""
+    gamma: float = 1.0
+    """gae: discount per token (verl and TinyZero use 1)."""
+    gae_lambda: float = 1.0
+    """gae: lambda of the advantages and returns (1: A_t = reward-to-go - V_t)."""
+    lambda_policy: Literal["fixed", "adaptive"] = "fixed"
+    """gae: fixed uses gae_lambda for the policy's advantages; adaptive (VAPO) uses 1 - 1/(lambda_alpha x length) per sequence, and lambda 1 for the returns."""
+    lambda_alpha: float = 0.05
+    """gae with lambda_policy=adaptive: VAPO's alpha."""
+
+
+@dataclass
+class CriticConfig:
+    path: str = ""
+    """algo.advantage=gae: model the value model starts from (hub id or folder, a value head is added); empty: model.path."""
+    lr: float = 1.0e-5
+    """Peak learning rate of the critic's AdamW."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up of the critic's learning rate over this many of its optimizer steps."""
+    weight_decay: float = 0.0
+    """The critic's AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the critic's global gradient norm to this value; 0 disables clipping."""
+    clip: float = 0.5
+    """Value clip: in the loss a new value moves at most this far from the value before the step's updates."""
+    warmup_steps: int = 0
+    """RL steps at the start that train only the critic; the policy is updated from the next step on."""
 
 
 @dataclass
@@ -253,6 +278,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -301,6 +327,15 @@ class Config:
             _require(value >= 1, key, f"must be at least 1, got {value}", self.source)
         _require(a.overlong_buffer < r.max_new_tokens, "algo.overlong_buffer",
                  f"= {a.overlong_buffer} must be below rollout.max_new_tokens = {r.max_new_tokens}", self.source)
+        _require(0 < a.gamma <= 1, "algo.gamma", f"must be in (0, 1], got {a.gamma}", self.source)
+        _require(0 <= a.gae_lambda <= 1, "algo.gae_lambda", f"must be in [0, 1], got {a.gae_lambda}", self.source)
+        _require(a.lambda_alpha > 0, "algo.lambda_alpha", f"must be > 0, got {a.lambda_alpha}", self.source)
+        c = self.critic
+        for key, value in [("critic.lr", c.lr), ("critic.clip", c.clip)]:
+            _require(value > 0, key, f"must be > 0, got {value}", self.source)
+        for key, value in [("critic.lr_warmup_steps", c.lr_warmup_steps), ("critic.warmup_steps", c.warmup_steps),
+                           ("critic.grad_clip", c.grad_clip)]:
+            _require(value >= 0, key, f"must be >= 0, got {value}", self.source)
         _require(a.importance_cap == 0 or a.importance_cap >= 1, "algo.importance_cap",
                  f"must be 0 (off) or at least 1, got {a.importance_cap}", self.source)
         _require(t.micro_batch_tokens >= 0, "train.micro_batch_tokens", f"must be 0 (off) or positive, got "
@@ -334,155 +369,3 @@ class Config:
 def _require(ok: bool, key: str, problem: str, source: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {problem} (in {source})")
-
-
-def load_config(path: str | os.PathLike | list | tuple | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a Config from recipe YAML files (none, one, or several merged in order, later ones
-    winning, e.g. a task recipe then an algorithm recipe) and `section.key=value` overrides."""
-    cfg = Config()
-    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    for one in paths:
-        source = str(one)
-        if not Path(one).is_file():
-            raise ConfigError(f"recipe file {source} does not exist")
-        try:
-            with open(one) as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source} must hold a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
-        cfg.source = source if cfg.source == "<defaults>" else f"{cfg.source} + {source}"
-        # A run's saved config.yaml is a valid recipe: its record-only entries are recomputed, not read.
-        raw.pop("derived", None)
-        raw.pop("source", None)
-        _merge(cfg, raw, prefix="", source=source)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=10")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        nested: Any = value
-        for part in reversed(key.strip().split(".")):
-            nested = {part: nested}
-        _merge(cfg, nested, prefix="", source=f"override {item!r}")
-    return cfg
-
-
-def _merge(node: Any, raw: dict, prefix: str, source: str) -> None:
-    valid = {f.name: f for f in dataclasses.fields(node) if f.name not in ("derived", "source")}
-    hints = typing.get_type_hints(type(node))
-    for key, value in raw.items():
-        dotted = f"{prefix}{key}"
-        if not prefix and key in ("derived", "source"):
-            raise ConfigError(f"{key} in {source} is not a recipe key: finalize() computes it from the config "
-                              "and the world size")
-        if key not in valid:
-            candidates = [f"{prefix}{name}" for name in valid]
-            close = difflib.get_close_matches(dotted, candidates + _all_keys() + list(_ALIASES), n=1, cutoff=0.5)
-            close = [_ALIASES.get(c, c) for c in close]
-            hint = f"; did you mean {close[0]}?" if close else f"; valid keys here: {', '.join(candidates)}"
-            raise ConfigError(f"unknown key {dotted} in {source}{hint}")
-        current = getattr(node, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{dotted} in {source} is a section; give keys under it, e.g. {dotted}.{dataclasses.fields(current)[0].name}=...")
-            _merge(current, value, prefix=dotted + ".", source=source)
-        else:
-            setattr(node, key, _check_type(value, hints[key], dotted, source))
-
-
-# Names other trainers use for our keys, so a typo of the long name still finds the short one
-# (difflib alone maps train.lerning_rate to train.zero_stage, not to train.lr).
-_ALIASES = {"train.learning_rate": "train.lr", "rollout.num_generations": "rollout.n", "rollout.group_size": "rollout.n"}
-
-
-def _all_keys() -> list[str]:
-    cfg = Config()
-    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
-            if s.name != "derived" and dataclasses.is_dataclass(getattr(cfg, s.name))
-            for f in dataclasses.fields(getattr(cfg, s.name))]
-
-
-def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Return value converted to the field's type, or raise a ConfigError naming the key."""
-    origin = typing.get_origin(hint)
-    wrong = f"{key} in {source} expects {_type_name(hint)}, got {value!r} ({type(value).__name__})"
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
-            hint_text = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key} in {source} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint_text}")
-        return value
-    if origin is list:
-        (item_hint,) = typing.get_args(hint)
-        if isinstance(value, (str, int, float)) and item_hint is str:
-            value = [value]  # a single path or stop string given without brackets
-        if not isinstance(value, list):
-            raise ConfigError(wrong)
-        return [_check_type(v, item_hint, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(value, option, key, source)
-            except ConfigError:
-                continue
-        raise ConfigError(wrong)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(wrong)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(wrong)
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(wrong) from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(wrong)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(wrong)
-        return str(value)
-    raise ConfigError(wrong)
-
-
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(hint)[0])}"
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(option) for option in typing.get_args(hint))
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def field_docs() -> dict[str, str]:
-    """Map each `section.key` to its one-line doc (the string literal under the field)."""
-    import ast
-    import inspect
-
-    docs: dict[str, str] = {}
-    tree = ast.parse(inspect.getsource(__import__(__name__, fromlist=["_"])))
-    by_class = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    for section in dataclasses.fields(Config):
-        if section.name in ("derived", "source"):
-            continue
-        cls_node = by_class[type(getattr(Config(), section.name)).__name__]
-        body = cls_node.body
-        for stmt, nxt in zip(body, body[1:]):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)
-                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-                docs[f"{section.name}.{stmt.target.id}"] = nxt.value.value
-    return docs

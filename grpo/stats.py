@@ -99,7 +99,8 @@ class RolloutStats(StepStats):
     response_length_max: float = maxed("response/length_max")
     clipped_responses: float = summed("response/clipped_frac", per="completions")
     reflective_responses: float = summed("response/reflection_rate", per="completions")
-    advantage_sum: float = summed("advantage/mean", per="completions")
+    advantages: float = summed()  # how many advantages: one per completion, or per token with gae
+    advantage_sum: float = summed("advantage/mean", per="advantages")
     advantage_sq_sum: float = summed()
     advantage_max: float = maxed("advantage/max")
     advantage_min: float = minned("advantage/min")
@@ -112,7 +113,7 @@ class RolloutStats(StepStats):
 
     def extra_metrics(self) -> dict[str, float]:
         return {"reward/std": _std(self.reward_sq_sum, self.reward_sum, self.completions),
-                "advantage/std": _std(self.advantage_sq_sum, self.advantage_sum, self.completions)}
+                "advantage/std": _std(self.advantage_sq_sum, self.advantage_sum, self.advantages)}
 
 
 @dataclass
@@ -136,6 +137,29 @@ class UpdateStats(StepStats):
     logprob_diff_max: float = maxed("rollout/logprob_diff_max")
     grad_norm_sum: float = maxed("train/grad_norm", per="updates")  # a global norm: alike on every rank
     micro_batches: float = maxed("train/micro_batches")  # per rank, alike on every rank
+
+
+@dataclass
+class CriticStats(StepStats):
+    """What the critic update did, and how well the values before it predicted the returns (PPO with gae)."""
+
+    updates: float = maxed()  # the critic's optimizer steps this RL step (alike on every rank)
+    value_loss: float = summed("critic/value_loss", per="updates")
+    loss_token_passes: float = summed()
+    clipped_tokens: float = summed("critic/clip_frac", per="loss_token_passes")
+    grad_norm_sum: float = maxed("critic/grad_norm", per="updates")
+    tokens: float = summed()  # tokens in the loss, one pass
+    value_sum: float = summed("critic/value_mean", per="tokens")  # values before the update
+    return_sum: float = summed("critic/returns_mean", per="tokens")
+    return_sq_sum: float = summed()
+    error_sum: float = summed()  # returns - values
+    error_sq_sum: float = summed()
+
+    def extra_metrics(self) -> dict[str, float]:
+        # 1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 one no better than the mean return
+        returns_var = _std(self.return_sq_sum, self.return_sum, self.tokens) ** 2
+        error_var = _std(self.error_sq_sum, self.error_sum, self.tokens) ** 2
+        return {"critic/explained_variance": 1.0 - error_var / returns_var if returns_var > 0 else 0.0}
 
 
 @dataclass

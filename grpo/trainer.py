@@ -1,11 +1,13 @@
 """The Trainer: builds the components from a Config, and `fit()` runs THE loop, the same on every rank.
 
 One step (`train_step`): prompts -> n completions each, scored (generation mode, grpo/experience.py)
--> micro-batches -> reference (and old) logprobs -> KL penalty in the reward, when chosen -> group
-advantages -> the policy update (training mode, grpo/update.py) -> push the new weights into the
-rollout engine -> the step's statistics, reduced over ranks (grpo/stats.py). Each rank owns its
-prompts' whole groups, so group advantages need no communication; the loss normaliser, batch-wide
-whitening and the logged statistics are reduced over ranks.
+-> micro-batches -> reference (and old) logprobs -> KL penalty in the reward, when chosen ->
+advantages: per completion from its group (GRPO and relatives), or per token by GAE from the
+critic's values, after which the critic is updated (PPO, algo.advantage=gae) -> the policy update
+(training mode, grpo/update.py) -> push the new weights into the rollout engine -> the step's
+statistics, reduced over ranks (grpo/stats.py). Each rank owns its prompts' whole groups, so group
+advantages need no communication; the loss normaliser, batch-wide whitening and the logged
+statistics are reduced over ranks.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from pathlib import Path
 import torch
 
 from grpo.algorithms import ADVANTAGES, KL_ESTIMATORS, kl_penalised_rewards, whiten
-from grpo.batching import assign_advantages, build_micro_batches, split_to_count, token_budget_bounds
-from grpo.checkpoint import (POLICY, load_checkpoint, read_rank_state, remove_incomplete, resolve_resume,
+from grpo.batching import (assign_advantages, assign_gae_advantages, build_micro_batches, split_to_count,
+                           token_budget_bounds)
+from grpo.checkpoint import (CRITIC, POLICY, load_checkpoint, read_rank_state, remove_incomplete, resolve_resume,
                              save_checkpoint)
 from grpo.config import Config
 from grpo.data import PromptSampler, check_model_path, load_prompt_records, load_tokenizer
@@ -28,10 +31,10 @@ from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reduce_
 from grpo.report import write_report
 from grpo.rewards import RewardFunction
 from grpo.rollout import build_rollout_engine
-from grpo.stats import PhaseStats, RolloutStats, UpdateStats
+from grpo.stats import CriticStats, PhaseStats, RolloutStats, UpdateStats
 from grpo.templates import stop_strings
 from grpo.types import MicroBatch, Rollout, SamplingSettings, sampling_seed
-from grpo.update import policy_update
+from grpo.update import critic_update, policy_update
 from grpo.weight_sync import generation_mode, push_weights, training_mode
 
 
@@ -66,6 +69,11 @@ class Trainer:
 
         self.policy = DeepSpeedTrainEngine(cfg, self.dist)
         self.engines = {POLICY: self.policy}  # every engine a checkpoint saves, by folder name
+        self.critic = None
+        if cfg.algo.advantage == "gae":  # PPO: a value model beside the policy
+            from grpo.train.critic import DeepSpeedCriticEngine
+
+            self.critic = self.engines[CRITIC] = DeepSpeedCriticEngine(cfg, self.dist)
         _seed_everything(cfg.train.seed + self.dist.rank)
         # 5. Resume: engine states, data cursor and RNG states of that checkpoint.
         self.step = self._resume(resume_from) if resume_from is not None else 0
@@ -118,19 +126,32 @@ class Trainer:
             self._reference_and_old_logprobs(micro_batches)
         if self.policy.has_reference and algo.kl_in == "reward":
             self._penalise_kl_in_reward(rollout, micro_batches)
-        advantages_PG = self._advantages(rollout.rewards_PG)
-        assign_advantages(micro_batches, advantages_PG)
-        with timer("train"):
-            per_update = (len(micro_batches) if cfg.train.micro_batch_tokens  # then one update per step
-                          else cfg.derived.micro_batches_per_update)
-            update = policy_update(self.policy, micro_batches, algo, temperature=cfg.rollout.temperature,
-                                   per_update=per_update, max_new_tokens=cfg.rollout.max_new_tokens,
-                                   sum_over_ranks=lambda sums: reduce_across_ranks(sums, {}, self.dist.device))
-        with timer("sync"):
-            self.rollout.wake_weights()
-            sync_metrics = push_weights(self.policy, self.rollout, cfg.sync.bucket_mb)
+        per_update = (len(micro_batches) if cfg.train.micro_batch_tokens  # then one update per step
+                      else cfg.derived.micro_batches_per_update)
+        critic = None
+        if self.critic is None:
+            advantages = self._advantages(rollout.rewards_PG)
+            assign_advantages(micro_batches, advantages)
+        else:
+            with timer("values"):
+                for mb in micro_batches:
+                    mb.old_values_BT = self.critic.old_values(mb)
+            advantages = self._gae_advantages(rollout, micro_batches)
+            with timer("train_critic"):
+                critic = critic_update(self.critic, micro_batches, algo, cfg.critic, per_update=per_update,
+                                       max_new_tokens=cfg.rollout.max_new_tokens, sum_over_ranks=self._sum_over_ranks)
+        update, sync_metrics = None, {}
+        if self.critic is None or self.step > cfg.critic.warmup_steps:  # critic warm-up: the policy waits
+            with timer("train"):
+                update = policy_update(self.policy, micro_batches, algo, temperature=cfg.rollout.temperature,
+                                       per_update=per_update, max_new_tokens=cfg.rollout.max_new_tokens,
+                                       sum_over_ranks=self._sum_over_ranks)
+            with timer("sync"):
+                self.rollout.wake_weights()
+                sync_metrics = push_weights(self.policy, self.rollout, cfg.sync.bucket_mb)
         timer.seconds["step"] = time.perf_counter() - start
-        return self._step_metrics(rollout, advantages_PG, update, timer, sync_metrics), self._samples(rollout)
+        metrics = self._step_metrics(rollout, advantages, update, critic, timer, sync_metrics)
+        return metrics, self._samples(rollout)
 
     # -- pieces of a step ----------------------------------------------------------------------
     def _sampling(self, attempt: int) -> SamplingSettings:
@@ -142,6 +163,9 @@ class Trainer:
 
     def _any_rank(self, flag: bool) -> bool:
         return bool(reduce_across_ranks({}, {"flag": float(flag)}, self.dist.device)["flag"])
+
+    def _sum_over_ranks(self, sums: dict[str, float]) -> dict[str, float]:
+        return reduce_across_ranks(sums, {}, self.dist.device)
 
     def _token_budget_bounds(self, rollout: Rollout) -> list[tuple[int, int]] | None:
         """Micro-batch ranges cut by train.micro_batch_tokens, as many on every rank (None when it is off)."""
@@ -174,6 +198,17 @@ class Trainer:
         rollout.rewards_PG = kl_penalised_rewards(rollout.rewards_PG, kl_sum_PG, self.cfg.algo.kl_coef)
         rollout.kl_penalty_PG = self.cfg.algo.kl_coef * kl_sum_PG
 
+    def _gae_advantages(self, rollout: Rollout, micro_batches: list[MicroBatch]) -> torch.Tensor:
+        """PPO: per-token advantages and returns from the critic's values; the KL in the reward goes per token."""
+        algo = self.cfg.algo
+        scores_PG = rollout.rewards_PG if rollout.kl_penalty_PG is None else rollout.rewards_PG + rollout.kl_penalty_PG
+        kl_per_token = None
+        if rollout.kl_penalty_PG is not None:
+            estimator = KL_ESTIMATORS[algo.kl_estimator]
+            kl_per_token = lambda mb: estimator(mb.old_logp_BT, mb.ref_logp_BT)  # noqa: E731
+        return assign_gae_advantages(micro_batches, scores_PG.flatten().tolist(), algo, kl_per_token,
+                                     self._sum_over_ranks)
+
     def _advantages(self, rewards_PG: torch.Tensor) -> torch.Tensor:
         estimator = ADVANTAGES[self.cfg.algo.advantage]
         adv_PG = estimator.fn(rewards_PG, eps=self.cfg.algo.adv_eps)
@@ -185,19 +220,22 @@ class Trainer:
             adv_PG = whiten(adv_PG, mean, std, self.cfg.algo.adv_eps)
         return adv_PG
 
-    def _step_metrics(self, rollout: Rollout, advantages_PG: torch.Tensor, update: UpdateStats, timer: PhaseTimer,
-                      sync_metrics: dict[str, float]) -> dict[str, float]:
-        """The step's statistics from every rank, as the logged metrics."""
+    def _step_metrics(self, rollout: Rollout, advantages: torch.Tensor, update: UpdateStats | None,
+                      critic: CriticStats | None, timer: PhaseTimer, sync_metrics: dict[str, float]) -> dict[str, float]:
+        """The step's statistics from every rank, as the logged metrics (a phase that did not run logs nothing)."""
         phases = PhaseStats(peaks={**timer.as_metrics(), "memory/peak_rss_gb": peak_rss_gb(),
                                    "memory/device_peak_gb": max_memory_allocated_gb()})
-        measured = reduce_stats([self._rollout_stats(rollout, advantages_PG), update, phases], self.dist.device)
-        rollout_stats, update_stats, phase_stats = measured
-        metrics = {**rollout_stats.metrics(), **update_stats.metrics(), "train/lr": self.policy.lr(),
-                   **phase_stats.metrics(), **sync_metrics}
-        metrics["throughput/tokens_per_s"] = rollout_stats.response_tokens / metrics["time/step"]
+        measured = [self._rollout_stats(rollout, advantages), phases, *(s for s in (update, critic) if s is not None)]
+        reduced = reduce_stats(measured, self.dist.device)
+        metrics = {key: value for stats in reduced for key, value in stats.metrics().items()}
+        metrics["train/lr"] = self.policy.lr()
+        if self.critic is not None:
+            metrics["critic/lr"] = self.critic.lr()
+        metrics.update(sync_metrics)
+        metrics["throughput/tokens_per_s"] = reduced[0].response_tokens / metrics["time/step"]
         return metrics
 
-    def _rollout_stats(self, rollout: Rollout, advantages_PG: torch.Tensor) -> RolloutStats:
+    def _rollout_stats(self, rollout: Rollout, advantages: torch.Tensor) -> RolloutStats:
         """This rank's counts of what the rollout held (reduced over ranks by the caller)."""
         completions = rollout.completions()
         results = [r for group in rollout.results for r in group]
@@ -213,8 +251,10 @@ class Trainer:
             response_length_max=float(max(len(c.token_ids) for c in completions)),
             clipped_responses=float(sum(c.finish_reason == "length" for c in completions)),
             reflective_responses=float(reflection_count([c.text for c in completions])),
-            advantage_sum=float(advantages_PG.sum()), advantage_sq_sum=float((advantages_PG ** 2).sum()),
-            advantage_max=float(advantages_PG.max()), advantage_min=float(advantages_PG.min()),
+            advantages=float(advantages.numel()), advantage_sum=float(advantages.sum()),
+            advantage_sq_sum=float((advantages ** 2).sum()),
+            advantage_max=float(advantages.max()) if advantages.numel() else float("-inf"),
+            advantage_min=float(advantages.min()) if advantages.numel() else float("inf"),
             accuracy_by_source=dict.fromkeys(self.data_sources, 0.0),
             completions_by_source=dict.fromkeys(self.data_sources, 0.0))
         for record, group in zip(rollout.prompts, rollout.results):

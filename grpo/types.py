@@ -99,11 +99,19 @@ class MicroBatch:
     position_ids_BL: Any
     response_mask_BT: Any  # 1.0 on generated tokens, 0.0 on padding
     prompt_width: int  # P
-    advantages_B: Any  # filled once the step's rewards are final
+    advantages_B: Any  # one per sequence (group estimators), filled once the step's rewards are final
     sampler_logp_BT: Any  # the rollout engine's logprobs of the sampled tokens (0 on padding)
     ref_logp_BT: Any = None  # frozen reference model's logprobs, filled when the KL coefficient is > 0
     old_logp_BT: Any = None  # the trainer's logprobs before any update of this step, when they are needed
+    advantages_BT: Any = None  # one per token (algo.advantage=gae), replacing advantages_B
+    old_values_BT: Any = None  # the critic's values before this step's updates (gae)
+    returns_BT: Any = None  # GAE's returns: the critic's targets (gae)
 
     @property
     def response_ids_BT(self):
         return self.input_ids_BL[:, self.prompt_width:]
+
+    @property
+    def advantages(self):
+        """What the policy loss weighs each token with: per-token advantages, or the sequence's."""
+        return self.advantages_BT if self.advantages_BT is not None else self.advantages_B

@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace):
     """The Config the rollout engine and the Evaluator read: overrides first, then the flags that were given."""
-    from grpo.config import load_config
+    from grpo.recipe import load_config
     from grpo.errors import UserError
 
     bad = [o for o in args.overrides if "=" not in o]

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         print("Every key, its default and its meaning: see the README's configuration table or grpo/config.py.")
         return 0 if argv else 2
-    from grpo.config import load_config
+    from grpo.recipe import load_config
     from grpo.errors import UserError
 
     try:

@@ -28,6 +28,11 @@ def _clipped_objective(ratio_BT: torch.Tensor, adv_BT: torch.Tensor, mask_BT: to
     return loss_BT, metrics
 
 
+def _per_token(adv: torch.Tensor) -> torch.Tensor:
+    """Advantages as [B, T]: per-sequence ones ([B]) broadcast over their tokens, per-token ones (GAE) as given."""
+    return adv.unsqueeze(-1) if adv.dim() == 1 else adv
+
+
 def ppo_clip_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Tensor, mask_BT: torch.Tensor,
                   clip_low: float = 0.2, clip_high: float = 0.2,
                   dual_clip: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -35,10 +40,11 @@ def ppo_clip_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch
 
     clip_high > clip_low is DAPO's clip-higher; dual_clip > 1 adds the dual clip for negative
     advantages. Returns the per-token loss (not yet aggregated) and, as metrics, counts of masked
-    tokens whose ratio was clipped (the caller turns them into fractions over the step).
+    tokens whose ratio was clipped (the caller turns them into fractions over the step). `adv_B` may
+    also be per token ([B, T], GAE).
     """
     ratio_BT = torch.exp(logp_BT - old_logp_BT)
-    return _clipped_objective(ratio_BT, adv_B.unsqueeze(-1), mask_BT, clip_low, clip_high, dual_clip)
+    return _clipped_objective(ratio_BT, _per_token(adv_B), mask_BT, clip_low, clip_high, dual_clip)
 
 
 def gspo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Tensor, mask_BT: torch.Tensor,
@@ -53,7 +59,7 @@ def gspo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Ten
     seq_log_ratio_B = ((logp_BT - old_logp_BT) * mask_BT).sum(-1) / length_B
     log_ratio_BT = logp_BT - logp_BT.detach() + seq_log_ratio_B.detach().unsqueeze(-1)
     ratio_BT = torch.exp(log_ratio_BT.clamp(max=10.0))  # exp(10) already means "far off-policy"
-    return _clipped_objective(ratio_BT, adv_B.unsqueeze(-1), mask_BT, clip_low, clip_high, dual_clip)
+    return _clipped_objective(ratio_BT, _per_token(adv_B), mask_BT, clip_low, clip_high, dual_clip)
 
 
 def kl_k1(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
 """Training engines: the protocols the loop, the checkpoints and the weight sync use, and (in deepspeed.py) the
 DeepSpeed ZeRO engine that implements them.
 
-`TrainEngine` is any model trained by an optimizer on the training ranks (the policy now, a critic
-next): backward on a loss the trainer computed, an optimizer step, the learning rate, and its
-state saved to / loaded from a checkpoint folder. `PolicyEngine` adds what the policy does besides:
-token logprobs of micro-batches (current, before the update, and of the frozen reference), its
-parameters for the weight sync, and a Hugging Face export. Engines know nothing of RL.
+`TrainEngine` is any model trained by an optimizer on the training ranks (the policy, the critic):
+backward on a loss the trainer computed, an optimizer step, the learning rate, and its state saved
+to / loaded from a checkpoint folder. `PolicyEngine` adds what the policy does besides: token
+logprobs of micro-batches (current, before the update, and of the frozen reference), its parameters
+for the weight sync, and a Hugging Face export. `CriticEngine` adds token values (critic.py).
+Engines know nothing of RL.
 """
 from __future__ import annotations
 
@@ -56,3 +57,11 @@ class PolicyEngine(TrainEngine, Protocol):
 
     def save_hf(self, out_dir: str, tokenizer: Any) -> None:
         """Write the policy as a Hugging Face folder from rank 0 (collective)."""
+
+
+class CriticEngine(TrainEngine, Protocol):
+    def values(self, mb: MicroBatch) -> torch.Tensor:
+        """Values of the micro-batch's response tokens [B, T] (fp32), with autograd."""
+
+    def old_values(self, mb: MicroBatch) -> torch.Tensor:
+        """The same without autograd: the values before this step's critic updates."""

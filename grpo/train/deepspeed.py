@@ -21,11 +21,12 @@ from grpo.types import MicroBatch
 from grpo.train.packing import FlopModel, forward_layout, layout_logprobs
 
 
-def deepspeed_config(cfg: Config, stage: int, train: bool) -> dict:
+def deepspeed_config(cfg: Config, stage: int, train: bool, grad_clip: float | None = None) -> dict:
+    """DeepSpeed's config for one model; `grad_clip` defaults to train.grad_clip (the policy's)."""
     ds = {
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": cfg.derived.micro_batches_per_update if train else 1,
-        "gradient_clipping": cfg.train.grad_clip,
+        "gradient_clipping": cfg.train.grad_clip if grad_clip is None else grad_clip,
         "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
         "steps_per_print": 10**9,
@@ -45,55 +46,116 @@ def gradient_checkpointing_on(setting: bool | str, model) -> bool:
     return bool(setting)
 
 
-def load_pretrained(path: str, dtype: torch.dtype):
-    """from_pretrained with a clear error for a path that is neither a model folder nor a reachable hub id."""
-    from transformers import AutoModelForCausalLM
+def load_pretrained(path: str, dtype: torch.dtype, key: str = "model.path", model_class=None, **kwargs):
+    """`model_class.from_pretrained` (a causal LM by default) with a clear error for a path that is neither a
+    model folder nor a reachable hub id; `key` names the setting the path came from."""
+    if model_class is None:
+        from transformers import AutoModelForCausalLM as model_class
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return model_class.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}), **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"model.path: cannot load a model from {path!r}: {str(e).splitlines()[0]}\n"
+        raise UserError(f"{key}: cannot load a model from {path!r}: {str(e).splitlines()[0]}\n"
                         "Give a local folder with config.json and weights, or a Hugging Face hub id reachable from "
                         "this machine (the demo's base model: python launch/build_base.py --out .cache/base).") from None
 
 
-class DeepSpeedTrainEngine:
+@contextlib.contextmanager
+def sharded_loading(ds_config: dict):
+    """While inside, from_pretrained under ZeRO-3 builds the model under zero.Init (each rank loads only its shard).
+
+    transformers keeps the HfDeepSpeedConfig in a process-wide weak reference, so it is dropped on the way
+    out: a later from_pretrained in this process (a rollout engine, a second Trainer in a notebook) must
+    load whole weights.
+    """
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+    try:
+        yield
+    finally:
+        del hf_ds_config
+        unset_hf_deepspeed_config()
+
+
+class OptimizedModel:
+    """One model under a DeepSpeed engine with its own AdamW and linear warm-up: backward, step, learning rate,
+    checkpoint state (`grpo.train.TrainEngine`). The policy and the critic are both one."""
+
+    def __init__(self, model, dist: DistInfo, ds_config: dict, lr: float, betas: list[float], weight_decay: float,
+                 warmup_steps: int):
+        import deepspeed
+
+        self.dist = dist
+        self.zero_stage = ds_config["zero_optimization"]["stage"]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Backward on a loss that is already this micro-batch's share of the step's loss; `last` for
+        the optimizer step's last micro-batch.
+
+        DeepSpeed divides by the accumulation steps and averages gradients over ranks; both are
+        undone here so the accumulated gradient is exactly d(step loss)/d(theta). The boundary is
+        set by hand because the number of micro-batches per step varies with train.micro_batch_tokens.
+        """
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss * self.dist.world_size, scale_wrt_gas=False)
+        if not last:
+            self.engine.step()  # before the boundary this only advances DeepSpeed's micro-batch counter
+
+    def step(self) -> float:
+        """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm."""
+        # DeepSpeed steps only at an accumulation boundary (backward(last=True) set it).
+        assert self.engine.is_gradient_accumulation_boundary(), "step() called before the last micro-batch"
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save_state(self, folder: Path) -> None:
+        """DeepSpeed's checkpoint (module, optimizer and scheduler state, each rank its shard) into `folder`."""
+        self.engine.save_checkpoint(str(folder.parent), tag=folder.name)
+
+    def load_state(self, folder: Path) -> None:
+        loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if loaded is None:
+            raise UserError(f"DeepSpeed could not load the checkpoint in {folder}")
+
+    def release_gathered(self) -> None:
+        """A no-grad ZeRO-3 forward leaves parameters gathered; re-partition them before generating."""
+        if self.zero_stage == 3:
+            self.engine.empty_partition_cache()
+
+
+class DeepSpeedTrainEngine(OptimizedModel):
     def __init__(self, cfg: Config, dist: DistInfo):
         import deepspeed
-        from transformers.integrations import HfDeepSpeedConfig
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-        self.cfg, self.dist = cfg, dist
+        self.cfg = cfg
         dtype = torch_dtype(cfg.model.dtype)
         stage = cfg.train.zero_stage
         ds_train = deepspeed_config(cfg, stage, train=True)
-        needs_reference = cfg.algo.kl_coef > 0
-        # While an HfDeepSpeedConfig of stage 3 is alive, from_pretrained builds the model under
-        # zero.Init (each rank loads only its shard). transformers keeps it in a process-wide weak
-        # reference, so it is dropped right after loading: a later from_pretrained in this process
-        # (a rollout engine, a second Trainer in a notebook) must load whole weights.
-        unset_hf_deepspeed_config()
-        hf_ds_config = HfDeepSpeedConfig(ds_train) if stage == 3 else None
-        try:
+        self.has_reference = cfg.algo.kl_coef > 0
+        with sharded_loading(ds_train):
             model = load_pretrained(cfg.model.path, dtype)
-            ref = load_pretrained(cfg.model.path, dtype) if needs_reference else None
-        finally:
-            del hf_ds_config
-            unset_hf_deepspeed_config()
+            ref = load_pretrained(cfg.model.path, dtype) if self.has_reference else None
         if gradient_checkpointing_on(cfg.model.gradient_checkpointing, model):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                                      weight_decay=cfg.train.weight_decay)
-        warmup = cfg.train.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_train)
+        super().__init__(model, dist, ds_train, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay,
+                         cfg.train.warmup_steps)
         self._flops = FlopModel.from_config(model.config) if cfg.train.pack_prompts else None
         self.ref_engine = None
-        self.has_reference = needs_reference
-        if needs_reference:
+        if self.has_reference:
             # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
             ref.requires_grad_(False)
             self.ref_engine, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(cfg, 3 if stage == 3 else 0,
@@ -126,34 +188,9 @@ class DeepSpeedTrainEngine:
 
     def release_gathered(self) -> None:
         """A no-grad ZeRO-3 forward leaves parameters gathered; re-partition them before generating."""
-        for engine in (self.engine, self.ref_engine):
-            if engine is not None and self.cfg.train.zero_stage == 3:
-                engine.empty_partition_cache()
-
-    # -- optimisation ------------------------------------------------------------------------
-    def backward(self, loss: torch.Tensor, last: bool) -> None:
-        """Backward on a loss that is already this micro-batch's share of the step's loss; `last` for
-        the optimizer step's last micro-batch.
-
-        DeepSpeed divides by the accumulation steps and averages gradients over ranks; both are
-        undone here so the accumulated gradient is exactly d(step loss)/d(theta). The boundary is
-        set by hand because the number of micro-batches per step varies with train.micro_batch_tokens.
-        """
-        self.engine.set_gradient_accumulation_boundary(last)
-        self.engine.backward(loss * self.dist.world_size, scale_wrt_gas=False)
-        if not last:
-            self.engine.step()  # before the boundary this only advances DeepSpeed's micro-batch counter
-
-    def step(self) -> float:
-        """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm."""
-        # DeepSpeed steps only at an accumulation boundary (backward(last=True) set it).
-        assert self.engine.is_gradient_accumulation_boundary(), "step() called before the last micro-batch"
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
-
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        super().release_gathered()
+        if self.ref_engine is not None and self.zero_stage == 3:
+            self.ref_engine.empty_partition_cache()
 
     # -- weights -----------------------------------------------------------------------------
     def named_parameters_for_sync(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -170,17 +207,6 @@ class DeepSpeedTrainEngine:
 
     def model_config(self):
         return self.engine.module.config
-
-    # -- checkpoints -------------------------------------------------------------------------
-    def save_state(self, folder: Path) -> None:
-        """DeepSpeed's checkpoint (module, optimizer and scheduler state, each rank its shard) into `folder`."""
-        self.engine.save_checkpoint(str(folder.parent), tag=folder.name)
-
-    def load_state(self, folder: Path) -> None:
-        loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
-        if loaded is None:
-            raise UserError(f"DeepSpeed could not load the checkpoint in {folder}")
 
     def save_hf(self, out_dir: str, tokenizer) -> None:
         """Write the policy as a Hugging Face folder (safetensors) from rank 0; collective under ZeRO-3."""

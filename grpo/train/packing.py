@@ -80,6 +80,15 @@ def layout_logprobs(model, mb: MicroBatch, layout: ForwardLayout, temperature: f
                                          mb.response_ids_BT, temperature, with_entropy, entropy_grad)
 
 
+def layout_values(model, mb: MicroBatch, layout: ForwardLayout) -> torch.Tensor:
+    """values_BT (fp32) of the micro-batch's response tokens from one forward of a one-output token-classification
+    model in `layout`: the score at the column that predicts token t, the same shift as the logprobs."""
+    scores_RL1 = model(input_ids=layout.input_ids_RL, attention_mask=layout.attention_mask,
+                       position_ids=layout.position_ids_RL, use_cache=False).logits
+    kept_K = scores_RL1[:, -layout.keep:, 0].reshape(-1)
+    return kept_K[layout.position_BT].float()
+
+
 def forward_layout(mb: MicroBatch, flops: FlopModel | None, dtype: torch.dtype = torch.float32) -> ForwardLayout:
     """The packed layout when it is allowed and cheaper by the FLOP count, else the padded one."""
     plain = padded_layout(mb)

@@ -21,7 +21,7 @@ def variants(tiny_dir, reward_plugin_dir, tmp_path_factory):
 
 
 EXPECTED = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo",
-            "dual_clip_k2_entropy", "mu2_minibatch2_tis", "masked_truncation", "token_budget"]
+            "dual_clip_k2_entropy", "mu2_minibatch2_tis", "masked_truncation", "token_budget", "ppo"]
 
 
 @pytest.mark.parametrize("name", EXPECTED)

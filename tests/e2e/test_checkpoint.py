@@ -1,6 +1,6 @@
-"""End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume (metrics and weights, with the vLLM
-engine and dynamic sampling when vLLM is installed), a SIGKILL during a save, a resume on another number of
-ranks refused with a clear error, and export of a checkpoint to a Hugging Face folder.
+"""End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume (metrics and weights, of PPO with its
+critic, dynamic sampling and the vLLM engine when it is installed), a SIGKILL during a save, a resume on another
+number of ranks refused with a clear error, and export of a checkpoint to a Hugging Face folder.
 """
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from cli import REPO, cli_env, run_cli, tiny_overrides
 RECIPE = "recipes/countdown_tiny.yaml"
 # Everything but wall-clock time, memory and throughput must repeat exactly on CPU in fp32.
 VOLATILE = ("time/", "memory/", "throughput/")
-# The resume test runs the engine that has state worth losing (vLLM's own seeded generators and prefix
-# cache) and dynamic sampling (its extra rounds move the data cursor), when vLLM is installed.
-RESUMED = (["rollout.engine=vllm", "rollout.kv_cache_mb=64", "algo.dynamic_sampling=true"]
-           if importlib.util.find_spec("vllm") else ["algo.dynamic_sampling=true"])
+# The resume test runs what has the most state to lose: PPO (a critic with its own optimizer beside the
+# policy), dynamic sampling (its extra rounds move the data cursor) and, when installed, the vLLM engine
+# (its own seeded generators and prefix cache). Groups of 4 and one mini-batch fit the tests' scale.
+RESUMED = ["recipes/algorithms/ppo.yaml", "rollout.n=4", "algo.mini_batches=1", "critic.lr=2.0e-4",
+           "algo.dynamic_sampling=true",
+           *(["rollout.engine=vllm", "rollout.kv_cache_mb=64"] if importlib.util.find_spec("vllm") else [])]
 
 
 def train(tiny_dir, plugin, run_dir, steps, *extra):
@@ -55,12 +57,13 @@ def test_resume_repeats_the_uninterrupted_run(uninterrupted, tiny_dir, reward_pl
     assert "resumed from" in resumed.stdout and "step_00000002 at step 2" in resumed.stdout
     straight, split = metrics(uninterrupted), metrics(run_dir)
     assert [m["step"] for m in split] == [1, 2, 3, 4]  # each step logged once across the two runs
-    assert "dynamic/tries" in split[-1]  # dynamic sampling was on
+    assert "dynamic/tries" in split[-1] and "critic/value_loss" in split[-1]  # dynamic sampling and PPO were on
     for a, b in zip(straight[2:], split[2:]):
         for key, value in a.items():
             if not key.startswith(VOLATILE):
                 assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (a["step"], key)
-    # and the weights they end with: the same to rounding (lr 1e-3 makes any lost state show far above it)
+    # and the policy they end with: the same to rounding (lr 1e-3 makes any lost state show far above it; the
+    # critic's state shows in the step 3-4 value losses and advantages compared above)
     ends = [AutoModelForCausalLM.from_pretrained(d / "final", dtype=torch.float32).state_dict()
             for d in (uninterrupted, run_dir)]
     for name, weight in ends[0].items():

@@ -25,6 +25,8 @@ VARIANTS = {
                            "algo.importance_cap=2.0", "algo.importance_level=sequence", "algo.kl_estimator=k1"],
     "masked_truncation": ["algo.mask_truncated=true", "algo.loss_agg=seq_mean_token_mean"],
     "token_budget": ["recipes/algorithms/grpo.yaml", "train.micro_batch_tokens=700"],
+    # PPO with a critic at the tests' scale: groups of 4 (ppo.yaml samples 1), one mini-batch
+    "ppo": ["recipes/algorithms/ppo.yaml", "rollout.n=4", "algo.mini_batches=1"],
 }
 results = {}
 for name, extra in VARIANTS.items():

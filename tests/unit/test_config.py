@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo.config import Config, ConfigError, field_docs, load_config
+from grpo.config import Config, ConfigError
+from grpo.recipe import field_docs, load_config
 from grpo.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +166,7 @@ def test_unknown_section_suggests_the_nearest_section(tmp_path):
 def test_unknown_section_without_near_match_lists_the_sections(tmp_path):
     message = config_error(write_recipe(tmp_path, "zzzzzz: 1\n"))
     assert "unknown key zzzzzz" in message
-    assert "valid keys here: model, data, rollout, train, algo, reward, sync, log, checkpoint" in message
+    assert "valid keys here: model, data, rollout, train, algo, critic, reward, sync, log, checkpoint" in message
 
 
 # ---------------------------------------------------------------- wrong types
@@ -293,11 +294,11 @@ def test_config_choices_are_the_registries_names():
     from grpo.rollout import ENGINES
 
     algo, rollout = typing.get_type_hints(AlgoConfig), typing.get_type_hints(RolloutConfig)
-    for hint, registry in [(algo["advantage"], ADVANTAGES), (algo["policy_loss"], POLICY_LOSSES),
+    for hint, registry in [(algo["advantage"], {**ADVANTAGES, "gae": None}), (algo["policy_loss"], POLICY_LOSSES),
                            (algo["loss_agg"], LOSS_AGGREGATIONS), (algo["kl_estimator"], KL_ESTIMATORS),
                            (rollout["engine"], ENGINES)]:
         assert set(typing.get_args(hint)) == set(registry)
-    assert set(ADVANTAGE_GROUP_SIZES) == set(ADVANTAGES)
+    assert set(ADVANTAGE_GROUP_SIZES) == set(ADVANTAGES) | {"gae"}  # gae: per token, with the critic (algorithms/gae.py)
 
 
 @pytest.mark.parametrize("override, nearest", [("algo.advantage=dr_gpro", "dr_grpo"), ("algo.policy_loss=gpso", "gspo"),

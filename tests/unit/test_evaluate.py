@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.config import load_config
+from grpo.recipe import load_config
 from grpo.errors import UserError
 from grpo.evaluate import (Evaluator, avg_at_k, format_table, maj_at_k, majority_index, parse_benchmark_spec, pass_at_k,
                            should_evaluate, write_eval_json)

@@ -63,13 +63,14 @@ def _written(prepared, tmp_path):
 def test_shipped_configs_load_and_name_hub_sources():
     # Every config the issue lists is shipped and valid; source configs default to the hub id users download.
     names = sorted(p.stem for p in DATASETS.glob("*.yaml"))
-    assert names == ["aime24", "countdown", "deepscaler", "gsm8k", "math500", "multiply"]
+    assert names == ["aime24", "countdown", "deepscaler", "gpqa", "gsm8k", "math500", "multiply"]
     expected = {"deepscaler": ("agentica-org/DeepScaleR-Preview-Dataset", "math", "qwen_r1"),
                 "math500": ("HuggingFaceH4/MATH-500", "math", "qwen_r1"),
                 "aime24": ("HuggingFaceH4/aime_2024", "math", "qwen_r1"),
                 "gsm8k": ("openai/gsm8k", "gsm8k", "qwen_r1"),
                 "countdown": ("Jiayi-Pan/Countdown-Tasks-3to4", "countdown", "raw"),
-                "multiply": ("", "multiply", "base_r1")}
+                "multiply": ("", "multiply", "base_r1"),
+                "gpqa": ("Idavidrein/gpqa", "gpqa", "qwen_r1")}
     for name, (source, data_source, template) in expected.items():
         cfg = load_dataset_config(DATASETS / f"{name}.yaml")
         assert (cfg.source, cfg.data_source, cfg.template) == (source, data_source, template), name

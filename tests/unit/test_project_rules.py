@@ -28,7 +28,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_readme_documents_every_config_key():
-    from grpo.config import field_docs
+    from grpo.recipe import field_docs
 
     readme = (REPO / "README.md").read_text()
     missing = [key for key in field_docs() if f"`{key}`" not in readme]
@@ -38,7 +38,8 @@ def test_readme_documents_every_config_key():
 def test_every_config_field_has_a_doc():
     import dataclasses
 
-    from grpo.config import Config, field_docs
+    from grpo.config import Config
+    from grpo.recipe import field_docs
 
     docs = field_docs()
     cfg = Config()

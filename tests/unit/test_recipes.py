@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.config import load_config
+from grpo.recipe import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
