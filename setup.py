@@ -17,6 +17,7 @@ setup(
         "deepspeed==0.19.8",
         "transformers>=5.16.1,<5.20",
         "accelerate",
+        "peft==0.21.2",  # LoRA adapters (model.lora)
         "datasets",
         "matplotlib",
         "pandas",

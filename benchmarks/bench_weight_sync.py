@@ -1,12 +1,18 @@
 """Benchmark: seconds per weight sync (ZeRO-3 gather + load into the rollout engine) against a plain
-copy of the same bytes on the same device, as a ratio. Prints one JSON line.
+copy of the same bytes on the same device, as a ratio; and the trainer's memory. Prints one JSON line.
 
-    torchrun --nproc_per_node 2 benchmarks/bench_weight_sync.py --model mid --engine vllm
-    python benchmarks/bench_weight_sync.py --all        # every model x engine, each under torchrun x2
+    torchrun --nproc_per_node 2 benchmarks/bench_weight_sync.py --model mid --engine vllm [--lora adapter]
+    python benchmarks/bench_weight_sync.py --all        # every model x engine, and LoRA on mid; torchrun x2 each
 
 Models are random Qwen2 shapes built locally: tiny (0.43M parameters) and mid (~105M: hidden 768,
 12 layers, 12 heads of 64, 4 KV heads, MLP 3072). One vLLM engine per process, so --all runs each
 combination in its own torchrun job and prints their results together.
+
+--lora adapter|merged trains LoRA adapters (--lora-rank, all linear layers) and syncs as sync.lora_mode
+says; the plain copy is then of the bytes that sync sends. `trainer_mb` is the memory the training engine
+adds on a rank (the policy, its reference for a KL of 0.001, gradients and optimizer state after one step:
+resident memory on CPU, the accelerator's peak elsewhere); with LoRA the reference is the policy with its
+adapter disabled, so no second copy of the base is loaded.
 """
 from __future__ import annotations
 
@@ -52,12 +58,27 @@ def build_model(name: str, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def run_one(model: str, engine: str, repeats: int, bucket_mb: int) -> dict:
+def one_step(train) -> None:
+    """One optimizer step on a made-up batch, so the optimizer's state exists when memory is read."""
+    import torch
+
+    from grpo.batching import build_micro_batches
+    from grpo.types import Completion, PromptRecord
+
+    prompt = PromptRecord("p", list(range(3, 19)), "", "x", 0)
+    (mb,) = build_micro_batches([prompt], [[Completion(list(range(20, 36)), [0.0] * 16, "", "stop")]], 1, 0,
+                                torch.device(train.dist.device))
+    logp_BT, _ = train.policy_logprobs(mb, 1.0)
+    train.backward(-logp_BT.mean(), last=True)
+    train.step()
+
+
+def run_one(model: str, engine: str, repeats: int, bucket_mb: int, lora: str = "off", lora_rank: int = 32) -> dict:
     import torch
     import torch.distributed as dist
 
     from grpo.config import Config
-    from grpo.device import init_distributed
+    from grpo.device import init_distributed, memory_now_gb
     from grpo.rollout import build_rollout_engine
     from grpo.train.deepspeed import DeepSpeedTrainEngine
     from grpo.weight_sync import push_weights
@@ -69,7 +90,9 @@ def run_one(model: str, engine: str, repeats: int, bucket_mb: int) -> dict:
         build_model(model, folder)
     dist.barrier()
     cfg = Config()
-    cfg.model.path, cfg.model.dtype, cfg.algo.kl_coef = str(folder), "float32", 0.0
+    cfg.model.path, cfg.model.dtype, cfg.algo.kl_coef = str(folder), "float32", 0.001
+    if lora != "off":
+        cfg.model.lora.rank, cfg.model.lora.alpha, cfg.sync.lora_mode = lora_rank, 2.0 * lora_rank, lora
     cfg.data.train_files, cfg.data.max_prompt_length = ["unused"], 128
     cfg.rollout.engine, cfg.rollout.max_new_tokens, cfg.rollout.kv_cache_mb = engine, 64, 64
     cfg.train.prompts_per_step, cfg.rollout.n, cfg.train.micro_batch_size = info.world_size, 2, 1
@@ -77,7 +100,10 @@ def run_one(model: str, engine: str, repeats: int, bucket_mb: int) -> dict:
     cfg.finalize(info.world_size)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rollout = build_rollout_engine(cfg, tokenizer, info)  # before the ZeRO-3 engine, as the Trainer does
+    before_gb = memory_now_gb()
     train = DeepSpeedTrainEngine(cfg, info)
+    one_step(train)
+    trainer_mb = (memory_now_gb() - before_gb) * 1024
 
     def timed(fn) -> float:
         dist.barrier()
@@ -86,9 +112,12 @@ def run_one(model: str, engine: str, repeats: int, bucket_mb: int) -> dict:
         dist.barrier()
         return time.perf_counter() - start
 
-    sync_metrics = push_weights(train, rollout, bucket_mb)  # warm-up
-    sync_s = [timed(lambda: push_weights(train, rollout, bucket_mb)) for _ in range(repeats)]
+    mode = cfg.sync.lora_mode
+    sync_metrics = push_weights(train, rollout, bucket_mb, mode)  # warm-up
+    sync_s = [timed(lambda: push_weights(train, rollout, bucket_mb, mode)) for _ in range(repeats)]
     named = train.named_parameters_for_sync()
+    if lora == "adapter":  # the plain copy is of what the sync sends
+        named = [(name, p) for name, p in named if ".lora_" in name]
     unique = list({id(p): p for _, p in named}.values())
     with train.gathered(unique):
         sources = [p.data.detach().clone() for p in unique]
@@ -100,7 +129,9 @@ def run_one(model: str, engine: str, repeats: int, bucket_mb: int) -> dict:
 
     plain_copy()
     copy_s = [timed(plain_copy) for _ in range(repeats)]
-    result = {"bench": "weight_sync", "model": model, "engine": engine, "world_size": info.world_size,
+    result = {"bench": "weight_sync", "model": model, "engine": engine, "lora": lora,
+              "lora_rank": lora_rank if lora != "off" else 0, "world_size": info.world_size,
+              "trainer_mb": round(trainer_mb, 1),
               "params_m": round(sum(t.numel() for t in sources) / 1e6, 2), "megabytes": round(sync_metrics["sync/megabytes"], 2),
               "bucket_mb": bucket_mb, "loads_per_sync": int(sync_metrics["sync/buckets"]), "repeats": repeats,
               "sync_s": round(statistics.median(sync_s), 4), "copy_s": round(statistics.median(copy_s), 4)}
@@ -108,20 +139,21 @@ def run_one(model: str, engine: str, repeats: int, bucket_mb: int) -> dict:
     return result
 
 
-def run_all(repeats: int, bucket_mb: int) -> list[dict]:
+def run_all(repeats: int, bucket_mb: int, lora_rank: int) -> list[dict]:
     results = []
-    for model in MODELS:
-        for engine in ("hf", "vllm"):
-            with tempfile.TemporaryDirectory() as out:
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                       __file__, "--model", model, "--engine", engine, "--repeats", str(repeats),
-                       "--bucket-mb", str(bucket_mb), "--out", f"{out}/result.json"]
-                done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-                if done.returncode != 0:
-                    results.append({"model": model, "engine": engine, "error": done.stderr[-2000:]})
-                    continue
-                results.append(json.loads(Path(out, "result.json").read_text()))
-            print(f"{model}/{engine}: {results[-1]}", file=sys.stderr, flush=True)
+    jobs = [(model, engine, "off") for model in MODELS for engine in ("hf", "vllm")]
+    jobs += [("mid", engine, lora) for lora in ("adapter", "merged") for engine in ("hf", "vllm")]
+    for model, engine, lora in jobs:
+        with tempfile.TemporaryDirectory() as out:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   __file__, "--model", model, "--engine", engine, "--repeats", str(repeats), "--lora", lora,
+                   "--lora-rank", str(lora_rank), "--bucket-mb", str(bucket_mb), "--out", f"{out}/result.json"]
+            done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            if done.returncode != 0:
+                results.append({"model": model, "engine": engine, "lora": lora, "error": done.stderr[-2000:]})
+                continue
+            results.append(json.loads(Path(out, "result.json").read_text()))
+        print(f"{model}/{engine}/{lora}: {results[-1]}", file=sys.stderr, flush=True)
     return results
 
 
@@ -131,15 +163,19 @@ def main() -> None:
     parser.add_argument("--engine", choices=["hf", "vllm"], default="vllm")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bucket-mb", type=int, default=512)
+    parser.add_argument("--lora", choices=["off", "adapter", "merged"], default="off",
+                        help="train LoRA adapters and sync them as sync.lora_mode says")
+    parser.add_argument("--lora-rank", type=int, default=32)
     parser.add_argument("--all", action="store_true", help="every model x engine, each in a torchrun x2 job")
     parser.add_argument("--out", help="also write the result JSON here (rank 0)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if args.all:
-        print(json.dumps({"bench": "weight_sync", "results": run_all(args.repeats, args.bucket_mb)}), flush=True)
+        print(json.dumps({"bench": "weight_sync", "results": run_all(args.repeats, args.bucket_mb, args.lora_rank)}),
+              flush=True)
         return
-    result = run_one(args.model, args.engine, args.repeats, args.bucket_mb)
+    result = run_one(args.model, args.engine, args.repeats, args.bucket_mb, args.lora, args.lora_rank)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result), flush=True)
         if args.out:

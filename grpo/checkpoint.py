@@ -6,7 +6,8 @@ Layout of LOG_DIR/checkpoints/step_00000040/:
                                optimizer and scheduler; for DeepSpeed its shards per rank); critic/ with PPO
     trainer_state_rank{R}.pt   step, data-loader cursor and RNG states of rank R, and the world size
     config.yaml                the resolved config
-    hf/                        the model's config.json and the tokenizer (what export needs besides weights)
+    hf/                        the model's config.json and the tokenizer (what export needs besides weights);
+                               with LoRA also the adapter's adapter_config.json
 
 A save writes into `.tmp_step_...` and is renamed to `step_...` only after every rank has finished,
 so a crash mid-save leaves a temporary folder (ignored and removed later) and the previous
@@ -118,16 +119,19 @@ def load_checkpoint(path: Path, engines: dict[str, TrainEngine], rank: int, worl
     return state
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
+def export_checkpoint(path: str | Path, out_dir: str | Path, dtype: str | None = None, merge: bool = False) -> Path:
     """Write a checkpoint's trained policy as a Hugging Face folder (safetensors, config, tokenizer).
 
     Runs in one process without engines: the training engine's saved state is merged into one fp32
-    state dict by `grpo.train.deepspeed.consolidated_state_dict`.
+    state dict by `grpo.train.deepspeed.consolidated_state_dict`. A LoRA run (model.lora) is written as
+    a peft adapter folder (adapter_config.json, adapter_model.safetensors: peft and vLLM load it on its
+    base model), or with `merge` as the whole model with the adapter merged in.
     """
     import yaml
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from grpo.device import torch_dtype
+    from grpo.lora import adapter_weights, merged_state
     from grpo.train.deepspeed import consolidated_state_dict
 
     path, out_dir = Path(path), Path(out_dir)
@@ -137,6 +141,19 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, dtype: str | None =
     saved = yaml.safe_load((path / "config.yaml").read_text())
     dtype = dtype or saved["model"]["dtype"]
     state = consolidated_state_dict(path / POLICY, saved["train"]["zero_stage"])
+    adapter_file = path / "hf" / "adapter_config.json"
+    if adapter_file.is_file():
+        import json
+
+        config = json.loads(adapter_file.read_text())
+        named = [(name, tensor.to(torch_dtype(dtype))) for name, tensor in state.items()]
+        if not merge:
+            adapter_weights(named, config).save(out_dir)
+            AutoTokenizer.from_pretrained(path / "hf").save_pretrained(out_dir)
+            return out_dir
+        state = dict(merged_state(named, config))
+    elif merge:
+        raise UserError(f"--merge: checkpoint {path} has no LoRA adapter to merge (model.lora.rank was 0)")
     config = AutoConfig.from_pretrained(path / "hf")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -34,6 +34,19 @@ AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp
 PolicyLossName = Literal["ppo_clip", "gspo"]
 LossAggregationName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 KLEstimatorName = Literal["k1", "k2", "k3"]
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM 0.32 builds LoRA kernels for
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank; 0 trains every weight (no adapters). vLLM takes 1, 8, 16, 32, 64, 128, 256, 320 or 512."""
+    alpha: float = 16.0
+    """LoRA alpha: the adapter's update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input in training (0 keeps the trainer's logprobs equal to the sampler's)."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters: all-linear (every linear layer of the decoder, not the output head) or module names such as q_proj."""
 
 
 @dataclass
@@ -44,6 +57,8 @@ class ModelConfig:
     """Training and rollout precision; bfloat16 trains with fp32 master weights in the optimizer."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute activations in backward (less memory, about a third more compute); auto: on for models of 1B parameters or more."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (model.lora.rank > 0): only they train, the reference is the policy with them disabled."""
 
 
 @dataclass
@@ -212,6 +227,8 @@ class RewardConfig:
 class SyncConfig:
     bucket_mb: int = 512
     """Most megabytes of gathered parameters handed to the rollout engine per load (whole layers)."""
+    lora_mode: Literal["adapter", "merged"] = "adapter"
+    """With LoRA: adapter sends only the adapter (the engine keeps the base weights); merged sends W + (alpha/r) B A per layer bucket."""
 
 
 @dataclass
@@ -327,6 +344,12 @@ class Config:
             _require(value >= 1, key, f"must be at least 1, got {value}", self.source)
         _require(a.overlong_buffer < r.max_new_tokens, "algo.overlong_buffer",
                  f"= {a.overlong_buffer} must be below rollout.max_new_tokens = {r.max_new_tokens}", self.source)
+        lora = self.model.lora
+        _require(lora.rank >= 0, "model.lora.rank", f"must be >= 0 (0 is off), got {lora.rank}", self.source)
+        _require(lora.rank == 0 or (lora.alpha > 0 and 0 <= lora.dropout < 1 and bool(lora.target_modules)),
+                 "model.lora", f"needs alpha > 0, dropout in [0, 1) and target modules, got {lora}", self.source)
+        _require(lora.rank == 0 or r.engine != "vllm" or lora.rank in VLLM_LORA_RANKS, "model.lora.rank",
+                 f"= {lora.rank}: the vllm engine takes ranks {', '.join(map(str, VLLM_LORA_RANKS))}", self.source)
         _require(0 < a.gamma <= 1, "algo.gamma", f"must be in (0, 1], got {a.gamma}", self.source)
         _require(0 <= a.gae_lambda <= 1, "algo.gae_lambda", f"must be in [0, 1], got {a.gae_lambda}", self.source)
         _require(a.lambda_alpha > 0, "algo.lambda_alpha", f"must be > 0, got {a.lambda_alpha}", self.source)

@@ -82,10 +82,17 @@ _ALIASES = {"train.learning_rate": "train.lr", "rollout.num_generations": "rollo
 
 
 def _all_keys() -> list[str]:
+    """Every dotted key of the tree, nested sections' too (for the nearest-key hint)."""
+    def keys(node: Any, prefix: str) -> list[str]:
+        out = []
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            out += keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [f"{prefix}{f.name}"]
+        return out
+
     cfg = Config()
-    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
-            if s.name != "derived" and dataclasses.is_dataclass(getattr(cfg, s.name))
-            for f in dataclasses.fields(getattr(cfg, s.name))]
+    return [key for s in dataclasses.fields(cfg) if s.name not in ("derived", "source")
+            for key in keys(getattr(cfg, s.name), f"{s.name}.")]
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -149,22 +156,30 @@ def _type_name(hint: Any) -> str:
 
 
 def field_docs() -> dict[str, str]:
-    """Map each `section.key` to its one-line doc (the string literal under the field)."""
+    """Map each `section.key` (and `section.sub.key` in nested sections such as model.lora) to its one-line doc,
+    the string literal under the field."""
     import ast
     import inspect
 
-    docs: dict[str, str] = {}
     import grpo.config
 
     tree = ast.parse(inspect.getsource(grpo.config))
     by_class = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    for section in dataclasses.fields(Config):
-        if section.name in ("derived", "source"):
-            continue
-        cls_node = by_class[type(getattr(Config(), section.name)).__name__]
-        body = cls_node.body
+    docs: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        body = by_class[type(node).__name__].body
         for stmt, nxt in zip(body, body[1:]):
             if (isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)
                     and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-                docs[f"{section.name}.{stmt.target.id}"] = nxt.value.value
+                value = getattr(node, stmt.target.id)
+                if dataclasses.is_dataclass(value):
+                    walk(value, f"{prefix}{stmt.target.id}.")
+                else:
+                    docs[f"{prefix}{stmt.target.id}"] = nxt.value.value
+
+    cfg = Config()
+    for section in dataclasses.fields(Config):
+        if section.name not in ("derived", "source"):
+            walk(getattr(cfg, section.name), f"{section.name}.")
     return docs

@@ -11,6 +11,7 @@ statistics are reduced over ranks.
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ class Trainer:
         # 6. From here on the rollout engine only ever holds weights that came from the trainer (and may
         #    have started from dummy weights): this push makes the two identical before the first step.
         self.rollout.wake_weights()
-        push_weights(self.policy, self.rollout, cfg.sync.bucket_mb)
+        push_weights(self.policy, self.rollout, cfg.sync.bucket_mb, cfg.sync.lora_mode)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
@@ -148,7 +149,7 @@ class Trainer:
                                        sum_over_ranks=self._sum_over_ranks)
             with timer("sync"):
                 self.rollout.wake_weights()
-                sync_metrics = push_weights(self.policy, self.rollout, cfg.sync.bucket_mb)
+                sync_metrics = push_weights(self.policy, self.rollout, cfg.sync.bucket_mb, cfg.sync.lora_mode)
         timer.seconds["step"] = time.perf_counter() - start
         metrics = self._step_metrics(rollout, advantages, update, critic, timer, sync_metrics)
         return metrics, self._samples(rollout)
@@ -295,6 +296,9 @@ class Trainer:
             self.cfg.save(folder / "config.yaml")
             self.policy.model_config().save_pretrained(folder / "hf")
             self.tokenizer.save_pretrained(folder / "hf")
+            adapter = self.policy.adapter_config()
+            if adapter is not None:
+                (folder / "hf" / "adapter_config.json").write_text(json.dumps(adapter, indent=1))
 
         rank_state = {"step": self.step, "sampler": self.sampler.state_dict(), "rng": rng_state(),
                       "world_size": self.dist.world_size}

@@ -6,6 +6,12 @@ bucket to the rollout engine with Hugging Face names. Rules learned the hard way
 shared/notes/colocate-cpu.md): a bucket never splits a decoder layer (vLLM fuses q/k/v and gate/up
 per layer, and a split silently corrupts it), a tied weight is gathered once but sent under every
 name (`lm_head.weight` too), and the rollout engine gets its own copy of the bytes.
+
+With LoRA (model.lora) the sync sends what sync.lora_mode says: `adapter` gathers only the adapter's
+matrices and hands them over as one `grpo.lora.AdapterWeights` (the engine keeps the base weights it
+loaded at start-up); `merged` walks the same whole-layer buckets and sends each adapted linear as
+W + (alpha/r) B A under its plain Hugging Face name, computed into new tensors, so the trained base
+stays as it is.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from typing import Protocol
 
 import torch
 
+from grpo.lora import AdapterWeights, adapter_weights, is_adapter, merged_state
+
 _LAYER = re.compile(r"^(.*?\blayers\.\d+)\.")
 
 
@@ -21,10 +29,12 @@ class SyncSource(Protocol):
     def named_parameters_for_sync(self) -> list[tuple[str, torch.nn.Parameter]]: ...
     def gathered(self, params: list[torch.nn.Parameter]): ...
     def release_gathered(self) -> None: ...
+    def adapter_config(self) -> dict | None: ...
 
 
 class SyncTarget(Protocol):
     def load_weights(self, named_tensors) -> None: ...
+    def load_adapter(self, adapter: AdapterWeights) -> None: ...
     def wake_weights(self) -> None: ...
     def wake(self) -> None: ...
     def sleep(self) -> None: ...
@@ -67,16 +77,34 @@ def plan_buckets(named_params: list[tuple[str, torch.nn.Parameter]], bucket_mb: 
 
 
 @torch.no_grad()
-def push_weights(source: SyncSource, target: SyncTarget, bucket_mb: float) -> dict[str, float]:
-    """Copy every trained parameter into the rollout engine. Collective: every rank calls it."""
-    buckets = plan_buckets(source.named_parameters_for_sync(), bucket_mb)
+def push_weights(source: SyncSource, target: SyncTarget, bucket_mb: float, lora_mode: str = "adapter") -> dict[str, float]:
+    """Copy the trained weights into the rollout engine. Collective: every rank calls it."""
+    named = source.named_parameters_for_sync()
+    adapter = source.adapter_config()
+    if adapter is not None and lora_mode == "adapter":
+        return _push_adapter(source, target, named, adapter)
+    buckets = plan_buckets(named, bucket_mb)
     sent_bytes = 0
     for bucket in buckets:
         unique = list({id(p): p for _, p in bucket}.values())  # a tied weight is gathered once
         with source.gathered(unique):
-            target.load_weights([(name, param.data) for name, param in bucket])
-            sent_bytes += sum(p.data.numel() * p.data.element_size() for p in unique)
+            tensors = [(name, param.data) for name, param in bucket]
+            if adapter is not None:  # merged: new tensors W + (alpha/r) B A under plain names
+                tensors = merged_state(tensors, adapter)
+            target.load_weights(tensors)
+            # a tied weight (one storage under two names) is counted once
+            sent_bytes += sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for _, t in tensors}.values())
     return {"sync/buckets": float(len(buckets)), "sync/megabytes": sent_bytes / 2**20}
+
+
+def _push_adapter(source: SyncSource, target: SyncTarget, named, config: dict) -> dict[str, float]:
+    """LoRA, adapter mode: gather the adapter's matrices (small) in one go and hand them over as one adapter."""
+    lora = [(name, param) for name, param in named if is_adapter(name)]
+    with source.gathered([param for _, param in lora]):
+        adapter = adapter_weights([(name, param.data.clone()) for name, param in lora], config)
+    target.load_adapter(adapter)
+    sent = sum(t.numel() * t.element_size() for _, t in adapter.tensors)
+    return {"sync/buckets": 1.0, "sync/megabytes": sent / 2**20}
 
 
 def generation_mode(source: SyncSource, target: SyncTarget) -> None:

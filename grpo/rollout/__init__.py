@@ -9,6 +9,7 @@ from typing import Iterable, Protocol
 
 import torch
 
+from grpo.lora import AdapterWeights
 from grpo.types import Completion, SamplingSettings
 
 
@@ -18,6 +19,9 @@ class RolloutEngine(Protocol):
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy full (unsharded) tensors with Hugging Face names into the engine's weights."""
+
+    def load_adapter(self, adapter: AdapterWeights) -> None:
+        """Use this LoRA adapter (peft's saved format) on top of the base weights from now on (sync.lora_mode=adapter)."""
 
     def wake_weights(self) -> None:
         """Make the weights resident before a sync loads into them (a no-op where nothing sleeps)."""

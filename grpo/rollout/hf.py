@@ -18,17 +18,26 @@ from typing import Iterable
 
 import torch
 
+from grpo.config import LoraConfig
 from grpo.device import is_host, torch_dtype
+from grpo.lora import ADAPTER, PREFIX, AdapterWeights, live_name, peft_config
 from grpo.types import Completion, SamplingSettings
 
 
 class HFRolloutEngine:
-    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device, tokenizer, batch_size: int = 256):
+    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device, tokenizer, batch_size: int = 256,
+                 lora: LoraConfig | None = None):
+        """`lora`: take LoRA adapters through `load_adapter` (sync.lora_mode=adapter) on top of the base weights,
+        which then never change; without it the engine takes whole (or merged) weights through `load_weights`."""
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         if self.model.config._attn_implementation == "sdpa":
             self.model.set_attn_implementation(_register_gqa_sdpa())
+        if lora is not None:  # the adapter layers go into the plain model, whose forward stays as it is
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(peft_config(lora), self.model, adapter_name=ADAPTER)
         self.model.requires_grad_(False)
         self.device = device
         self.tokenizer = tokenizer
@@ -45,7 +54,9 @@ class HFRolloutEngine:
 
     @classmethod
     def from_config(cls, cfg, tokenizer, dist) -> "HFRolloutEngine":
-        return cls(cfg.model.path, torch_dtype(cfg.model.dtype), dist.device, tokenizer, cfg.rollout.batch_size)
+        adapter_mode = cfg.model.lora.rank > 0 and cfg.sync.lora_mode == "adapter"
+        return cls(cfg.model.path, torch_dtype(cfg.model.dtype), dist.device, tokenizer, cfg.rollout.batch_size,
+                   lora=cfg.model.lora if adapter_mode else None)
 
     # -- weights -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -57,6 +68,17 @@ class HFRolloutEngine:
             if param.shape != tensor.shape:
                 raise ValueError(f"weight sync sent {name!r} with shape {tuple(tensor.shape)}, "
                                  f"the rollout model expects {tuple(param.shape)}")
+            param.copy_(tensor)
+
+    @torch.no_grad()
+    def load_adapter(self, adapter: AdapterWeights) -> None:
+        """Copy a LoRA adapter (peft's saved names) into the adapter layers of the engine's model."""
+        for saved, tensor in adapter.tensors:
+            name = live_name(saved).removeprefix(PREFIX)  # the layers sit in the plain model, not under peft's wrapper
+            param = self._params.get(name)
+            if param is None:
+                raise KeyError(f"weight sync sent adapter tensor {saved!r}, which the rollout model does not have "
+                               f"(looked for {name!r}); were both built with the same model.lora?")
             param.copy_(tensor)
 
     def named_weights(self) -> dict[str, torch.Tensor]:

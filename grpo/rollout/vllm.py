@@ -15,16 +15,27 @@ On accelerators the engine sleeps while the trainer works (level 2: weights and 
 nothing offloaded): `wake_weights()` before a sync reallocates the weights, which the sync then
 fills, and `wake()` before generating reallocates the KV cache. Weights are never reloaded from
 disk after start-up, since that would overwrite the synced ones.
+
+With LoRA in adapter mode (`lora_rank` > 0) the engine keeps the base weights it loaded and takes
+each synced adapter through `load_adapter`: written as a peft folder to RAM-backed storage (/dev/shm,
+vLLM's LoRA loader reads a path), added under a new adapter id, the previous one removed; every
+generation then uses it. It sleeps at level 1 (weights offloaded to host memory and restored, not
+freed), because nothing would refill base weights freed at level 2.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from grpo.device import is_cpu
+from grpo.lora import AdapterWeights
 from grpo.types import Completion, SamplingSettings
 
 DEFAULT_CPU_KV_CACHE_MB = 256
@@ -34,7 +45,7 @@ class VLLMRolloutEngine:
     def __init__(self, model_path: str, dtype: str, tokenizer, rank: int, world_size: int, max_model_len: int,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, kv_cache_mb: int = 0,
                  max_num_batched_tokens: int = 0, enforce_eager: bool = False, load_format: str = "auto",
-                 sleep: bool = True):
+                 sleep: bool = True, lora_rank: int = 0):
         on_cpu = is_cpu()
         # external_launcher runs the engine in this process anyway; saying so up front skips a spawn attempt
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -63,6 +74,12 @@ class VLLMRolloutEngine:
             kwargs["kv_cache_memory_bytes"] = kv_cache_mb * 2**20
         if max_num_batched_tokens:
             kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+        self._lora_request = None
+        if lora_rank:
+            kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
+            shm = Path("/dev/shm")  # RAM-backed where it exists: the adapter folder is never on disk
+            self._lora_root = Path(tempfile.mkdtemp(prefix="grpo-lora-", dir=shm if shm.is_dir() else None))
+            atexit.register(shutil.rmtree, self._lora_root, True)
         if on_cpu:
             # A prefill cut in two discards the token sampled after its first part and rewinds that
             # request's seeded generator, which CPU generators cannot do ("CPU Generator does not use
@@ -82,11 +99,13 @@ class VLLMRolloutEngine:
     @classmethod
     def from_config(cls, cfg, tokenizer, dist) -> "VLLMRolloutEngine":
         r = cfg.rollout
+        adapter_mode = cfg.model.lora.rank > 0 and cfg.sync.lora_mode == "adapter"
         return cls(cfg.model.path, cfg.model.dtype, tokenizer, dist.rank, dist.world_size,
                    max_model_len=cfg.data.max_prompt_length + r.max_new_tokens,
                    tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
                    kv_cache_mb=r.kv_cache_mb, max_num_batched_tokens=r.max_num_batched_tokens,
-                   enforce_eager=r.enforce_eager, load_format=r.load_format, sleep=r.sleep)
+                   enforce_eager=r.enforce_eager, load_format=r.load_format, sleep=r.sleep,
+                   lora_rank=cfg.model.lora.rank if adapter_mode else 0)
 
     # -- weights and memory ------------------------------------------------------------------
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -94,6 +113,21 @@ class VLLMRolloutEngine:
         # With the external launcher, collective_rpc runs on this rank's own worker only.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
         self.llm.reset_prefix_cache()  # cached prefixes were computed by the old weights
+
+    def load_adapter(self, adapter: AdapterWeights) -> None:
+        """Generate with this adapter from now on: a new adapter id, the previous adapter removed."""
+        from vllm.lora.request import LoRARequest
+
+        previous = self._lora_request
+        number = previous.lora_int_id + 1 if previous is not None else 1
+        folder = adapter.save(self._lora_root / str(number))
+        request = LoRARequest(f"policy-{number}", number, str(folder))
+        self.llm.llm_engine.add_lora(request)
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        self._lora_request = request
+        self.llm.reset_prefix_cache()
 
     def wake_weights(self) -> None:
         if self.sleeps and self._asleep:
@@ -107,7 +141,8 @@ class VLLMRolloutEngine:
 
     def sleep(self) -> None:
         if self.sleeps and not self._asleep:
-            self.llm.sleep(level=2)
+            # level 2 frees the weights (the next sync refills them); an adapter sync refills no base weight
+            self.llm.sleep(level=1 if self._lora_request is not None else 2)
             self._asleep = True
 
     # -- sampling ----------------------------------------------------------------------------
@@ -128,7 +163,8 @@ class VLLMRolloutEngine:
                                  include_stop_str_in_output=True, logprobs=0,
                                  seed=(seed + i * sampling.n) % 2**63)  # vLLM adds 0..n-1 per sample
                   for i in range(len(all_prompts))]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in all_prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in all_prompts], params, use_tqdm=False,
+                                    lora_request=self._lora_request)
         groups = []
         for out in outputs[first:first + own]:
             group = []

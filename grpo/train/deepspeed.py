@@ -17,6 +17,7 @@ import torch
 from grpo.config import Config
 from grpo.device import DistInfo, torch_dtype
 from grpo.errors import UserError
+from grpo.lora import adapter_weights, add_adapters, merged_state, saved_config
 from grpo.types import MicroBatch
 from grpo.train.packing import FlopModel, forward_layout, layout_logprobs
 
@@ -90,7 +91,9 @@ class OptimizedModel:
 
         self.dist = dist
         self.zero_stage = ds_config["zero_optimization"]["stage"]
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        # only what trains: with LoRA the frozen base gets no optimizer state (and no fp32 master copy)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -145,9 +148,13 @@ class DeepSpeedTrainEngine(OptimizedModel):
         stage = cfg.train.zero_stage
         ds_train = deepspeed_config(cfg, stage, train=True)
         self.has_reference = cfg.algo.kl_coef > 0
+        self.lora = cfg.model.lora.rank > 0
         with sharded_loading(ds_train):
             model = load_pretrained(cfg.model.path, dtype)
-            ref = load_pretrained(cfg.model.path, dtype) if self.has_reference else None
+            # with LoRA the reference is the policy with its adapters disabled: no second copy of the base
+            ref = load_pretrained(cfg.model.path, dtype) if self.has_reference and not self.lora else None
+        if self.lora:
+            model = add_adapters(model, cfg.model.lora, cfg.train.seed, cfg.model.path)
         if gradient_checkpointing_on(cfg.model.gradient_checkpointing, model):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -155,7 +162,7 @@ class DeepSpeedTrainEngine(OptimizedModel):
                          cfg.train.warmup_steps)
         self._flops = FlopModel.from_config(model.config) if cfg.train.pack_prompts else None
         self.ref_engine = None
-        if self.has_reference:
+        if ref is not None:
             # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
             ref.requires_grad_(False)
             self.ref_engine, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(cfg, 3 if stage == 3 else 0,
@@ -183,6 +190,10 @@ class DeepSpeedTrainEngine(OptimizedModel):
 
     @torch.no_grad()
     def reference_logprobs(self, mb: MicroBatch, temperature: float) -> torch.Tensor:
+        if self.lora:
+            with self.engine.module.disable_adapter():
+                logp_BT, _ = self._logprobs(self.engine, mb, temperature, with_entropy=False)
+            return logp_BT
         logp_BT, _ = self._logprobs(self.ref_engine, mb, temperature, with_entropy=False)
         return logp_BT
 
@@ -205,6 +216,10 @@ class DeepSpeedTrainEngine(OptimizedModel):
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
+    def adapter_config(self) -> dict | None:
+        """adapter_config.json of the policy's LoRA adapter (peft's saved format); None without LoRA."""
+        return saved_config(self.engine.module) if self.lora else None
+
     def model_config(self):
         return self.engine.module.config
 
@@ -215,7 +230,13 @@ class DeepSpeedTrainEngine(OptimizedModel):
         else:
             state = self.engine.module.state_dict()
         if self.dist.rank == 0:
-            self.engine.module.save_pretrained(out_dir, state_dict=state)
+            module = self.engine.module
+            if self.lora:  # a plain model with the adapter merged in, and the adapter itself in adapter/
+                config = saved_config(module)
+                adapter_weights(list(state.items()), config).save(Path(out_dir) / "adapter")
+                state = dict(merged_state(list(state.items()), config))
+                module = module.get_base_model()
+            module.save_pretrained(out_dir, state_dict=state)
             tokenizer.save_pretrained(out_dir)
 
 

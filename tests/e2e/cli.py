@@ -45,3 +45,11 @@ def tiny_overrides(tiny_dir: Path, run_dir: Path) -> list[str]:
             f"log.dir={run_dir}", "log.progress=false", *TEST_SCALE]
 
 
+
+
+def lora_overrides(model_dir, train_file, run_dir, engine: str, mode: str) -> list[str]:
+    """LoRA rank 8 at the tests' scale, with a learning rate that moves the adapter visibly in a step."""
+    return [f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={run_dir}", "log.progress=false",
+            *TEST_SCALE, f"rollout.engine={engine}", "rollout.kv_cache_mb=64", "model.lora.rank=8",
+            "model.lora.alpha=16", f"sync.lora_mode={mode}", "train.lr=1.0e-3",
+            "reward.functions=[digit_reward:digit_share]", "checkpoint.every_steps=2", "checkpoint.keep=10"]

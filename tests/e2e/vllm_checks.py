@@ -79,7 +79,7 @@ with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
                 elif name.endswith("norm.weight"):
                     p.fill_(1.0)
 trainer.rollout.wake_weights()
-push_weights(trainer.policy, trainer.rollout, cfg.sync.bucket_mb)
+push_weights(trainer.policy, trainer.rollout, cfg.sync.bucket_mb, cfg.sync.lora_mode)
 trainer.rollout.wake()
 groups = trainer.rollout.generate([fixed_ids[:8]], SamplingSettings(n=4, max_new_tokens=8, seed=rank))
 tokens = [t for c in groups[0] for t in c.token_ids]

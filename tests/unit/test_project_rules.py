@@ -42,13 +42,20 @@ def test_every_config_field_has_a_doc():
     from grpo.recipe import field_docs
 
     docs = field_docs()
+
+    def check(node, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):  # a nested section (model.lora): its own keys carry the docs
+                check(value, f"{prefix}{f.name}.")
+            else:
+                assert docs.get(f"{prefix}{f.name}"), f"{prefix}{f.name} has no one-line doc"
+
     cfg = Config()
     for section in dataclasses.fields(Config):
         value = getattr(cfg, section.name)
-        if section.name == "derived" or not dataclasses.is_dataclass(value):
-            continue
-        for f in dataclasses.fields(value):
-            assert docs.get(f"{section.name}.{f.name}"), f"{section.name}.{f.name} has no one-line doc"
+        if section.name != "derived" and dataclasses.is_dataclass(value):
+            check(value, f"{section.name}.")
 
 
 def _code_without_docs(path: Path) -> str:

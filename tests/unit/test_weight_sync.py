@@ -129,6 +129,9 @@ class FakeSource:
     def release_gathered(self) -> None:
         pass
 
+    def adapter_config(self):
+        return None  # no LoRA: whole weights
+
 
 def test_push_weights_copies_every_tensor_into_the_engine(tiny_dir, tokenizer):
     from grpo.rollout.hf import HFRolloutEngine
