@@ -11,7 +11,6 @@ import math
 import os
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
