@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--split", help="prepare only this output split of the config (train, test, ...)")
     p.add_argument("--rows", type=_rows, help="START:STOP slice of the source split")
     p.add_argument("--map-keys", type=_map_keys, help='JSON, our field -> source field, e.g. \'{"prompt": "problem"}\'')
-    p.add_argument("--handler", help="row handler: math, gsm8k, countdown or package.module:function")
+    p.add_argument("--handler", help="row handler: math, gsm8k, countdown, gpqa or package.module:function")
     p.add_argument("--skip-malformed", action="store_true", default=None, help="skip rows that cannot be used (counted)")
     p.add_argument("--generate", action="store_true", help="use the config's task generator even if it names a source")
     p.add_argument("--count", type=int, help="generator: rows per split")
