@@ -137,6 +137,8 @@ class TrainConfig:
     """Training forwards lay each distinct prompt of a micro-batch out once, followed by its completions, when that saves FLOPs."""
     seed: int = 42
     """Seed of data order, sampling and initialisation."""
+    max_skipped_steps: int = 3
+    """An optimizer update whose gradient norm is NaN or inf is skipped on every rank (train/skipped_steps); this many in a row stop the run."""
 
 
 @dataclass
@@ -232,6 +234,12 @@ class SyncConfig:
 
 
 @dataclass
+class DistConfig:
+    timeout_s: float = 1800.0
+    """Longest one rank may fall behind the others (a hung reward worker, rollout engine or node): then the run stops, naming that rank and its phase."""
+
+
+@dataclass
 class LogConfig:
     dir: str = "runs/default"
     """Run directory: resolved config, metrics.jsonl, samples.jsonl, TensorBoard events, final model."""
@@ -298,6 +306,7 @@ class Config:
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -322,6 +331,9 @@ class Config:
         _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
                  f"must be in (0, 1], got {r.gpu_memory_utilization}", self.source)
         _require(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}", self.source)
+        _require(t.max_skipped_steps >= 1, "train.max_skipped_steps", f"must be at least 1, got {t.max_skipped_steps}",
+                 self.source)
+        _require(self.dist.timeout_s > 0, "dist.timeout_s", f"must be > 0 seconds, got {self.dist.timeout_s}", self.source)
         _require(len(t.betas) == 2, "train.betas", f"needs two numbers, got {t.betas}", self.source)
         _require(self.checkpoint.every_steps >= 0, "checkpoint.every_steps",
                  f"must be >= 0 (0 is never), got {self.checkpoint.every_steps}", self.source)

@@ -72,8 +72,9 @@ def accelerator():
     return get_accelerator()
 
 
-def init_distributed() -> DistInfo:
-    """Create the world process group (idempotent) and pick this rank's device."""
+def init_distributed(timeout_s: float | None = None) -> DistInfo:
+    """Create the world process group (idempotent) and pick this rank's device; with `timeout_s` a collective
+    that waits longer raises (gloo) or aborts the process (nccl, hccl) instead of hanging."""
     _set_single_process_env()
     try:  # torch_npu registers the NPU backend; DeepSpeed auto-detects it only once imported
         import torch_npu  # noqa: F401
@@ -92,7 +93,10 @@ def init_distributed() -> DistInfo:
     if acc.device_name() != HOST_ACCELERATOR:
         acc.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=acc.communication_backend_name(), auto_mpi_discovery=False)
+        import datetime
+
+        timeout = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        deepspeed.init_distributed(dist_backend=acc.communication_backend_name(), auto_mpi_discovery=False, **timeout)
     device = torch.device(acc.current_device_name())
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 

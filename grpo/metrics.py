@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from grpo import watchdog
 from grpo.device import memory_now_gb
 from grpo.stats import StepStats, flatten, unflatten
 
@@ -32,6 +33,7 @@ class PhaseTimer:
     """Wall-clock seconds and memory per named phase of a step (generate, score, logprobs, train, sync).
 
     Memory is read when a phase ends: the accelerator's peak during the phase, or the resident set on CPU.
+    Entering and leaving a phase also moves this rank's position for the stall watchdog (grpo/watchdog.py).
     """
 
     def __init__(self):
@@ -41,9 +43,11 @@ class PhaseTimer:
     @contextmanager
     def __call__(self, phase: str):
         start = time.perf_counter()
+        watchdog.enter(phase)
         try:
             yield
         finally:
+            watchdog.leave(phase)
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
             self.memory_gb[phase] = max(self.memory_gb.get(phase, 0.0), memory_now_gb())
 

@@ -135,7 +135,9 @@ class UpdateStats(StepStats):
     generated_tokens: float = summed()  # every sampled token, masked or not
     logprob_diff_sum: float = summed("rollout/logprob_diff_mean", per="generated_tokens")
     logprob_diff_max: float = maxed("rollout/logprob_diff_max")
-    grad_norm_sum: float = maxed("train/grad_norm", per="updates")  # a global norm: alike on every rank
+    grad_norm_sum: float = maxed("train/grad_norm", per="applied_updates")  # a global norm: alike on every rank
+    applied_updates: float = maxed()  # updates whose gradient norm was finite (alike on every rank)
+    skipped_updates: float = maxed("train/skipped_steps")  # updates skipped for a NaN/inf gradient norm
     micro_batches: float = maxed("train/micro_batches")  # per rank, alike on every rank
 
 
@@ -147,7 +149,9 @@ class CriticStats(StepStats):
     value_loss: float = summed("critic/value_loss", per="updates")
     loss_token_passes: float = summed()
     clipped_tokens: float = summed("critic/clip_frac", per="loss_token_passes")
-    grad_norm_sum: float = maxed("critic/grad_norm", per="updates")
+    grad_norm_sum: float = maxed("critic/grad_norm", per="applied_updates")
+    applied_updates: float = maxed()
+    skipped_updates: float = maxed("critic/skipped_steps")
     tokens: float = summed()  # tokens in the loss, one pass
     value_sum: float = summed("critic/value_mean", per="tokens")  # values before the update
     return_sum: float = summed("critic/returns_mean", per="tokens")

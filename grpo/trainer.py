@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from grpo import watchdog
 from grpo.algorithms import ADVANTAGES, KL_ESTIMATORS, kl_penalised_rewards, whiten
 from grpo.batching import (assign_advantages, assign_gae_advantages, build_micro_batches, split_to_count,
                            token_budget_bounds)
@@ -26,6 +27,7 @@ from grpo.checkpoint import (CRITIC, POLICY, load_checkpoint, read_rank_state, r
 from grpo.config import Config
 from grpo.data import PromptSampler, check_model_path, load_prompt_records, load_tokenizer
 from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb, rng_state, set_rng_state
+from grpo.errors import RunFailed, UserError
 from grpo.evaluate import Evaluator, format_table, should_evaluate
 from grpo.experience import collect_rollout
 from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reduce_stats, reflection_count
@@ -43,7 +45,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         # 1. The process group, then the config's per-rank numbers (they need the world size).
         check_model_path(cfg.model.path, "model.path")
-        self.dist = init_distributed()
+        self.dist = init_distributed(cfg.dist.timeout_s + watchdog.BACKEND_GRACE_S)
         self.cfg = cfg.finalize(self.dist.world_size)
         self.run_dir = Path(cfg.log.dir)
         if self.dist.rank == 0:
@@ -90,24 +92,35 @@ class Trainer:
         writer = MetricsWriter(str(self.run_dir), self.dist.rank, self.step, cfg.train.max_steps,
                                cfg.log.tensorboard, cfg.log.progress)
         history = []
+        watchdog.start(self.dist.rank, self.dist.world_size, cfg.dist.timeout_s)
         try:
             if self.step == 0 and self._eval_due(0):
                 self._evaluate(writer, 0)
             while self.step < cfg.train.max_steps:
                 self.step += 1
+                watchdog.enter("begin step", self.step)
                 metrics, samples = self.train_step()
                 if self._eval_due(self.step):
                     metrics.update(self._evaluate(writer, self.step))
                 writer.log(self.step, metrics)
                 writer.log_samples(self.step, samples)
                 history.append(metrics)
+                self._check_skipped_updates()
                 every = cfg.checkpoint.every_steps
                 if every and (self.step % every == 0 or self.step == cfg.train.max_steps):
                     writer.message(f"checkpoint: saved {self._save_checkpoint()}")
             if cfg.checkpoint.save_final:
+                watchdog.enter("save final")
                 self.policy.save_hf(str(self.run_dir / "final"), self.tokenizer)
                 writer.message(f"saved the trained policy to {self.run_dir / 'final'}")
+        except Exception as e:
+            if _is_collective_timeout(e):  # the backend's own timeout: say where every rank was
+                raise RunFailed(f"step {self.step}: a collective waited longer than dist.timeout_s + "
+                                f"{watchdog.BACKEND_GRACE_S:g} s ({str(e).splitlines()[0]}); where the ranks were:\n"
+                                f"{watchdog.describe_positions()}") from e
+            raise
         finally:
+            watchdog.stop()
             writer.close()
         if self.dist.rank == 0:
             print(f"report: {write_report(self.run_dir)}", flush=True)
@@ -276,6 +289,18 @@ class Trainer:
                  "ground_truth": record.ground_truth, "data_source": record.data_source}
                 for p, (record, group) in enumerate(zip(rollout.prompts[:count], rollout.groups))]
 
+    def _check_skipped_updates(self) -> None:
+        """Stop when an engine skipped train.max_skipped_steps optimizer updates in a row (NaN/inf gradient norm)."""
+        limit = self.cfg.train.max_skipped_steps
+        for name, engine in self.engines.items():
+            if engine.skips_in_a_row >= limit:
+                raise RunFailed(
+                    f"step {self.step}: the {name}'s last {engine.skips_in_a_row} optimizer updates were skipped "
+                    f"because the gradient norm was NaN or inf (train.max_skipped_steps = {limit}); the weights "
+                    f"are those of its last applied update. Common causes: a learning rate too high "
+                    f"(train.lr = {self.cfg.train.lr:g}), a reward function returning NaN or inf, or bf16 overflow; "
+                    "metrics.jsonl shows train/skipped_steps per step.")
+
     # -- evaluation and checkpoints ----------------------------------------------------------------
     def _eval_due(self, step: int) -> bool:
         ev = self.cfg.eval
@@ -284,6 +309,7 @@ class Trainer:
 
     def _evaluate(self, writer: MetricsWriter, step: int) -> dict[str, float]:
         """The eval benchmarks through the rollout engine, sharded over ranks (collective)."""
+        watchdog.enter("evaluate")
         generation_mode(self.policy, self.rollout)
         metrics = self.evaluator.run(self.rollout)
         training_mode(self.rollout)
@@ -300,6 +326,7 @@ class Trainer:
             if adapter is not None:
                 (folder / "hf" / "adapter_config.json").write_text(json.dumps(adapter, indent=1))
 
+        watchdog.enter("checkpoint")
         rank_state = {"step": self.step, "sampler": self.sampler.state_dict(), "rng": rng_state(),
                       "world_size": self.dist.world_size}
         return save_checkpoint(self.run_dir, self.step, self.cfg.checkpoint.keep, self.engines, rank_state,
@@ -323,6 +350,16 @@ class Trainer:
         if self.dist.rank == 0:
             print(f"checkpoint: resumed from {path} at step {state['step']}", flush=True)
         return int(state["step"])
+
+
+def _is_collective_timeout(error: Exception) -> bool:
+    """Whether `error` is a collective that gave up waiting (gloo raises it; nccl aborts the process instead)."""
+    import torch.distributed as dist
+
+    if isinstance(error, (UserError, RunFailed)):
+        return False
+    return isinstance(error, getattr(dist, "DistError", ())) or (isinstance(error, RuntimeError)
+                                                                 and "timed out" in str(error).lower())
 
 
 def _seed_everything(seed: int) -> None:

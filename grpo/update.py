@@ -32,6 +32,15 @@ def update_schedule(micro_batches: list[MicroBatch], epochs: int, per_update: in
                 yield epoch, mb, norm, i == len(chunk) - 1
 
 
+def _count_step(stats: UpdateStats | CriticStats, grad_norm: float | None) -> None:
+    """An optimizer step's outcome: its gradient norm, or a skip (None: the norm was NaN or inf)."""
+    if grad_norm is None:
+        stats.skipped_updates += 1
+    else:
+        stats.applied_updates += 1
+        stats.grad_norm_sum += grad_norm
+
+
 def updates_per_step(micro_batches: list[MicroBatch], epochs: int, per_update: int) -> int:
     return epochs * -(-len(micro_batches) // per_update)
 
@@ -72,7 +81,7 @@ def policy_update(engine: PolicyEngine, micro_batches: list[MicroBatch], algo: A
         loss = aggregate(loss_BT, mask_BT, norm)
         engine.backward(loss, last=last)
         if last:
-            stats.grad_norm_sum += engine.step()
+            _count_step(stats, engine.step())
         stats.loss_policy += float(aggregate(pg_BT.detach(), mask_BT, norm))
         stats.loss_total += float(loss.detach())
         stats.entropy += float(aggregate(entropy_BT.detach(), mask_BT, norm))
@@ -103,7 +112,7 @@ def critic_update(critic: CriticEngine, micro_batches: list[MicroBatch], algo: A
         loss = aggregate(loss_BT, mask_BT, norm)
         critic.backward(loss, last=last)
         if last:
-            stats.grad_norm_sum += critic.step()
+            _count_step(stats, critic.step())
         stats.value_loss += float(loss.detach())
         stats.loss_token_passes += float(mask_BT.sum())
         stats.clipped_tokens += float(metrics["clipped_tokens"])

@@ -1,7 +1,9 @@
 """Train from a recipe: `torchrun --nproc_per_node G launch/run.py recipes/X.yaml key.sub=value ...`.
 
 Also runs as a plain `python launch/run.py ...` (one process, world size 1). Mistakes in the recipe,
-the overrides, the model path or the data files print one clear message and exit with code 2.
+the overrides, the model path or the data files print one clear message and exit with code 2; a run
+that cannot go on (a stalled rank, updates that stay non-finite) prints what happened and where, and
+exits with code 3.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def main(argv: list[str]) -> int:
         print("Every key, its default and its meaning: see the README's configuration table or grpo/config.py.")
         return 0 if argv else 2
     from grpo.recipe import load_config
-    from grpo.errors import UserError
+    from grpo.errors import RunFailed, UserError
 
     try:
         recipes = [a for a in argv if "=" not in a]
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> int:
         from grpo.trainer import Trainer
 
         Trainer(cfg).fit()
-    except UserError as e:
+    except (UserError, RunFailed) as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

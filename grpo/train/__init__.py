@@ -19,11 +19,15 @@ from grpo.types import MicroBatch
 
 
 class TrainEngine(Protocol):
+    skips_in_a_row: int  # optimizer updates skipped (non-finite gradient norm) since the last applied one
+
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """Accumulate d(loss)/d(theta); `last` marks the optimizer step's last micro-batch."""
 
-    def step(self) -> float:
-        """Apply the accumulated gradient (after the last micro-batch); returns the global gradient norm."""
+    def step(self) -> float | None:
+        """Apply the accumulated gradient (after the last micro-batch); returns the global gradient norm, or None
+        when the norm was NaN or inf on any rank: then no rank changed its weights, optimizer state or
+        learning-rate schedule, and the gradient is discarded."""
 
     def lr(self) -> float:
         """The learning rate the next step uses."""

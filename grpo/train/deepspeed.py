@@ -98,6 +98,11 @@ class OptimizedModel:
             optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        # Every DeepSpeed optimizer wrapper (ZeRO 1-3, bf16) skips an update whose global gradient norm is
+        # NaN or inf on any rank (engine.skipped_steps counts it; the scheduler does not advance). Stage 0
+        # in fp32 steps torch's AdamW directly, with no such check: step() checks the gradient itself.
+        self._plain_optimizer = self.optimizer is optimizer
+        self.skips_in_a_row = 0  # updates skipped since the last applied one
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """Backward on a loss that is already this micro-batch's share of the step's loss; `last` for
@@ -112,13 +117,33 @@ class OptimizedModel:
         if not last:
             self.engine.step()  # before the boundary this only advances DeepSpeed's micro-batch counter
 
-    def step(self) -> float:
-        """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm."""
+    def step(self) -> float | None:
+        """Apply the accumulated gradient (call after the step's last micro-batch); returns the grad norm, or
+        None when it was NaN or inf on any rank and the update was skipped everywhere (`grpo.train.TrainEngine`)."""
         # DeepSpeed steps only at an accumulation boundary (backward(last=True) set it).
         assert self.engine.is_gradient_accumulation_boundary(), "step() called before the last micro-batch"
+        if self._plain_optimizer and not self._gradients_finite():
+            self.engine.zero_grad()  # what DeepSpeed's own skip does: drop the gradient, keep weights and moments
+            self.skips_in_a_row += 1
+            return None
+        skipped_before = self.engine.skipped_steps
         self.engine.step()
+        if self.engine.skipped_steps > skipped_before:  # DeepSpeed found the global norm non-finite and skipped
+            self.skips_in_a_row += 1
+            return None
+        self.skips_in_a_row = 0
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+
+    def _gradients_finite(self) -> bool:
+        """Whether every rank's whole gradient is finite (the plain-optimizer path, where each rank holds it all)."""
+        import torch.distributed as dist
+
+        bad = any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.engine.module.parameters())
+        flag = torch.tensor([float(bad)], device=self.dist.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not flag.item()
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]

@@ -166,7 +166,7 @@ def test_unknown_section_suggests_the_nearest_section(tmp_path):
 def test_unknown_section_without_near_match_lists_the_sections(tmp_path):
     message = config_error(write_recipe(tmp_path, "zzzzzz: 1\n"))
     assert "unknown key zzzzzz" in message
-    assert "valid keys here: model, data, rollout, train, algo, critic, reward, sync, log, checkpoint" in message
+    assert "valid keys here: model, data, rollout, train, algo, critic, reward, sync, dist, log, checkpoint" in message
 
 
 # ---------------------------------------------------------------- wrong types
