@@ -11,7 +11,8 @@ Layout of LOG_DIR/checkpoints/step_00000040/:
 
 A save writes into `.tmp_step_...` and is renamed to `step_...` only after every rank has finished,
 so a crash mid-save leaves a temporary folder (ignored and removed later) and the previous
-checkpoint intact. Only folders with the final name count as complete. Engines are reached through
+checkpoint intact. A write that fails on any rank (disk full, no permission) ends the run on every
+rank with one `RunFailed` naming the rank, the error and the intact previous checkpoint. Only folders with the final name count as complete. Engines are reached through
 the `grpo.train.TrainEngine` protocol (`save_state` / `load_state`): the critic is one more entry.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from grpo.errors import UserError
+from grpo.errors import RunFailed, UserError
 from grpo.train import TrainEngine
 
 _COMPLETE = re.compile(r"^step_(\d{8})$")
@@ -66,16 +67,19 @@ def save_checkpoint(run_dir: str | Path, step: int, keep: int, engines: dict[str
     the shared files (`write_shared(folder)`), then renames the folder into place and prunes old checkpoints."""
     root = checkpoint_root(run_dir)
     final, tmp = root / f"step_{step:08d}", root / f".tmp_step_{step:08d}"
+    error = None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    for name, engine in engines.items():
-        engine.save_state(tmp / name)
-    torch.save(rank_state, tmp / f"trainer_state_rank{rank}.pt")
-    if rank == 0:
-        write_shared(tmp)
-    dist.barrier()
+        error = _attempt(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
+    _raise_if_any_failed(error, step, tmp, root)
+
+    def write_parts() -> None:
+        for name, engine in engines.items():
+            engine.save_state(tmp / name)
+        torch.save(rank_state, tmp / f"trainer_state_rank{rank}.pt")
+        if rank == 0:
+            write_shared(tmp)
+
+    _raise_if_any_failed(_attempt(write_parts), step, tmp, root)
     if rank == 0:
         if final.exists():  # the same step saved again after a resume: replace the older copy
             shutil.rmtree(final)
@@ -84,6 +88,36 @@ def save_checkpoint(run_dir: str | Path, step: int, keep: int, engines: dict[str
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _attempt(write: Callable[[], Any]) -> str | None:
+    """Run a write; the error it raised (disk full, no permission), as text, or None. torch.save reports a failed
+    write as a RuntimeError ("file write failed"), Python's own files as an OSError."""
+    try:
+        write()
+    except (OSError, RuntimeError) as e:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    return None
+
+
+def _raise_if_any_failed(error: str | None, step: int, tmp: Path, root: Path) -> None:
+    """Collective (in place of a barrier): when any rank's write failed, every rank raises the same clear error
+    and the half-written folder is removed; the checkpoints already complete are left as they were."""
+    errors = [error]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+    failed = {r: e for r, e in enumerate(errors) if e is not None}
+    if not failed:
+        return
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    done = complete_checkpoints(root.parent)
+    previous = f"the previous checkpoint {done[-1]} is intact" if done else "no earlier checkpoint exists"
+    where = "; ".join(f"rank {r}: {e}" for r, e in sorted(failed.items()))
+    raise RunFailed(f"step {step}: the checkpoint could not be written under {root} ({where}); {previous}. "
+                    "Free disk space or make the folder writable (or move log.dir), then rerun the same command "
+                    "to resume from the last complete checkpoint.")
 
 
 def remove_incomplete(run_dir: str | Path) -> list[Path]:
