@@ -1,5 +1,6 @@
 """End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume (metrics and weights, of PPO with its
-critic, dynamic sampling and the vLLM engine when it is installed), a SIGKILL during a save, a resume on another
+critic, dynamic sampling and the vLLM engine when it is installed; the warm-up schedule, an epoch boundary and
+the evaluation cadence), a SIGKILL during a save, a resume on another
 number of ranks refused with a clear error, and export of a checkpoint to a Hugging Face folder.
 """
 from __future__ import annotations
@@ -145,3 +146,37 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tiny_dir, re
     assert f"resumed from {root / f'step_{last:08d}'} at step {last}" in resumed.stdout
     assert [m["step"] for m in metrics(run_dir)] == list(range(1, last + 2))
     assert not list(root.glob(".tmp_step_*"))
+
+
+# 16 prompts and 8 per step: an epoch is 2 steps, so the checkpoint at step 2 sits on the epoch boundary.
+# Warm-up over 4 updates (one per step at the tests' scale): the lr logged after step k is
+# 1e-3 x min(1, (k + 1) / 4) = 0.5, 0.75, 1, 1 x 1e-3, so a schedule restarted by the resume would log
+# 0.5e-3 again at step 3. Evaluation every 3 steps and at the end: at steps 3 and 4, both after the resume.
+# (Dynamic sampling's cadence through a resume: test_resume_repeats_the_uninterrupted_run.)
+CADENCE = ["train.warmup_steps=4", "eval.every_steps=3", "eval.max_prompts=4", "eval.k=0", "checkpoint.every_steps=2"]
+
+
+def test_resume_keeps_the_lr_schedule_epoch_and_eval_cadence(tiny_dir, reward_plugin_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    small = tmp_path / "train16.parquet"
+    pq.write_table(pq.read_table(tiny_dir / "countdown_train.parquet").slice(0, 16), small)
+    files = [f"data.train_files=[{small}]", f"eval.files=[{tiny_dir / 'countdown_test.parquet'}]"]
+    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
+    train(tiny_dir, reward_plugin_dir, straight_dir, 4, *CADENCE, *files)
+    train(tiny_dir, reward_plugin_dir, split_dir, 2, *CADENCE, *files)
+    resumed = train(tiny_dir, reward_plugin_dir, split_dir, 4, *CADENCE, *files)
+    assert "step_00000002 at step 2" in resumed.stdout
+    straight, split = metrics(straight_dir), metrics(split_dir)
+    assert [m["step"] for m in split] == [1, 2, 3, 4]  # two steps of the second epoch after the resume
+    assert [m["train/lr"] for m in split] == pytest.approx([0.5e-3, 0.75e-3, 1e-3, 1e-3], rel=1e-9)
+    for a, b in zip(straight, split):  # the second epoch's prompts and everything computed from them
+        for key, value in a.items():
+            if not key.startswith(VOLATILE):
+                assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (a["step"], key)
+    evals = [json.loads((d / "eval.json").read_text()) for d in (straight_dir, split_dir)]
+    # the recipe evaluates at the start and at the end: the 2-step run's end added "step 2"; after it, the
+    # resumed run evaluated on the straight run's cadence, with the same results
+    assert sorted(evals[0]) == ["step 0", "step 3", "step 4"]
+    assert sorted(evals[1]) == ["step 0", "step 2", "step 3", "step 4"]
+    assert {k: v for k, v in evals[1].items() if k != "step 2"} == evals[0]  # greedy: exactly the same
