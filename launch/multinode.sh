@@ -2,7 +2,11 @@
 # Launch a recipe on several nodes: run this same command on every node.
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 launch/multinode.sh recipes/r1zero_qwen25_32b_deepscaler.yaml [key=value ...]
 #   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 launch/multinode.sh recipes/r1zero_qwen25_32b_deepscaler.yaml [key=value ...]
-# ACCELERATOR=cuda (default) or npu selects the environment block below.
+# ACCELERATOR=cuda (default), npu or cpu selects the environment block below; NPROC_PER_NODE overrides the
+# process count per node; PYTHON names the interpreter (default python3: the one with grpo's dependencies).
+# Two "nodes" on one CPU machine (what tests/e2e/test_multinode.py runs):
+#   ACCELERATOR=cpu NNODES=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1 launch/multinode.sh recipes/countdown_tiny.yaml &
+#   ACCELERATOR=cpu NNODES=2 NODE_RANK=1 MASTER_ADDR=127.0.0.1 launch/multinode.sh recipes/countdown_tiny.yaml
 set -euo pipefail
 : "${NNODES:?set NNODES, the number of nodes}"
 : "${NODE_RANK:?set NODE_RANK, this node's index from 0}"
@@ -25,9 +29,14 @@ case "$ACCELERATOR" in
     export DS_ACCELERATOR=npu
     # export HCCL_SOCKET_IFNAME=eth0
     ;;
-  *) echo "ACCELERATOR must be cuda or npu, got $ACCELERATOR" >&2; exit 2 ;;
+  cpu)
+    # gloo over TCP; one process per node unless told otherwise, one thread each (cores are shared)
+    NPROC=${NPROC_PER_NODE:-1}
+    export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    ;;
+  *) echo "ACCELERATOR must be cuda, npu or cpu, got $ACCELERATOR" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."
-exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" \
+exec "${PYTHON:-python3}" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" launch/run.py "$@"
