@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import torch
 
+from grpo.device import HOST
 from grpo.errors import UserError
 
 
@@ -33,12 +34,12 @@ def _refusal(path: Path, error: Exception) -> UserError:
 
 
 def load_weights_only(path: str | Path, allowed: Iterable[type] = (), mmap: bool = False) -> Any:
-    """torch.load(path, weights_only=True) on the CPU with `allowed` classes also rebuilt; UserError naming the file
+    """torch.load(path, weights_only=True) into host memory with `allowed` classes also rebuilt; UserError naming the file
     when it holds anything else. `mmap` maps tensor storage instead of reading it (for a check that only unpickles)."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+            return torch.load(path, map_location=HOST, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:  # what weights_only raises for a global it does not allow
         raise _refusal(path, error) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:  # truncated, not a torch file, unreadable
