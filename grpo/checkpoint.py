@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from grpo.errors import RunFailed, UserError
+from grpo.safe_load import load_weights_only
 from grpo.train import TrainEngine
 
 _COMPLETE = re.compile(r"^step_(\d{8})$")
@@ -136,7 +137,9 @@ def read_rank_state(path: Path, rank: int, world_size: int) -> dict[str, Any]:
     if not state_file.is_file():
         raise UserError(f"checkpoint {path} has no state for rank {rank}: it was saved with a different number "
                         "of ranks; resume with the same world size")
-    state = torch.load(state_file, weights_only=False)
+    # weights_only: the state is plain data (ints, the sampler's dict, RNG tuples and byte tensors), so a file
+    # holding anything else is refused rather than unpickled, and cannot run code on resume.
+    state = load_weights_only(state_file)
     if state["world_size"] != world_size:
         raise UserError(f"checkpoint {path} was saved by {state['world_size']} ranks, this run has {world_size}; "
                         "resume with the same world size")

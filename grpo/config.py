@@ -223,6 +223,8 @@ class RewardConfig:
     """Hard limit in seconds on scoring one completion; a timeout scores 0 and is counted as reward/timeouts."""
     num_workers: int = 2
     """Worker processes per rank that score completions (each call runs in one, under timeout_s)."""
+    step_timeout_s: float = 60.0
+    """Deadline in seconds for scoring a whole step; completions not scored by then score 0 and count as reward/timeouts (0: none)."""
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Before a handler runs, `map_fields` copies the source's field names onto ours, as MindSpeed-RL's
 `--map-keys` does: `{"prompt": "problem", "answer": "answer"}` sets row["prompt"] = row["problem"].
 Built-in handlers, by name (`HANDLERS`):
-- `math`: question in `prompt`, final answer in `answer` (DeepScaleR, MATH-500, AIME); a `solution`
+- `math`: question in `prompt`, final answer in `answer` (DeepScaleR, MATH-500, AIME), or a list of
+  acceptable alternatives (Minerva, OlympiadBench: kept as a list, any may match); a `solution`
   field, when present, is kept in extra_info;
 - `gsm8k`: `answer` is GSM8K's worked solution ending in "#### N": the ground truth is N without
   commas, the whole solution goes to extra_info;
@@ -50,24 +51,44 @@ class Handler:
     fields: tuple[str, ...]  # our field names the handler reads; map_keys defaults each to itself
 
 
-def map_fields(row: dict[str, Any], map_keys: dict[str, str]) -> dict[str, Any]:
-    """The row with each of our names set from the source field map_keys gives it (dotted names walk into dicts)."""
+def source_field(row: dict[str, Any], theirs: str | list[str]) -> tuple[str, Any]:
+    """(name, value) of the source field `theirs` names: the first of a list the row has; _ABSENT if none.
+
+    A dotted name walks into dicts ("reward_model.ground_truth")."""
+    names = [theirs] if isinstance(theirs, str) else theirs
+    for name in names:
+        node: Any = row
+        for part in name.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            return name, node
+    return " or ".join(names), _ABSENT
+
+
+def map_fields(row: dict[str, Any], map_keys: dict[str, str | list[str]]) -> dict[str, Any]:
+    """The row with each of our names set from the source field map_keys gives it (module docstring)."""
     out = dict(row)
     for ours, theirs in map_keys.items():
-        node: Any = row
-        for part in theirs.split("."):
-            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        name, node = source_field(row, theirs)
         if node is None:
-            raise MalformedRow(f"null field '{theirs}'", f"field '{theirs}' is null")
+            raise MalformedRow(f"null field '{name}'", f"field '{name}' is null")
         if node is _ABSENT:
-            mapping = f" (map_keys: {ours} <- {theirs})" if ours != theirs else ""
+            mapping = f" (map_keys: {ours} <- {name})" if name != ours else ""
             raise MalformedRow(
-                f"missing field '{theirs}'",
-                f"missing field '{theirs}'{mapping}; the row has fields {sorted(map(str, row))}. "
+                f"missing field '{name}'",
+                f"missing field '{name}'{mapping}; the row has fields {sorted(map(str, row))}. "
                 f"Point our field at the source's name with --map-keys '{{\"{ours}\": \"SOURCE_FIELD\"}}'",
             )
         out[ours] = node
     return out
+
+
+def is_broken(row: dict[str, Any], theirs: str | list[str], condition: str) -> bool:
+    """Does the source field meet a known_broken condition: "null" (holds null), "empty" (blank text, empty list)?"""
+    _, value = source_field(row, theirs)
+    if condition == "null":
+        return value is None
+    return (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
 
 
 def _question(row: dict[str, Any]) -> str | list[dict[str, str]]:
@@ -98,10 +119,19 @@ def _answer_text(value: Any) -> str:
     return value.strip()
 
 
+def _answers(value: Any) -> str | list[str]:
+    """One answer as text, or a list of acceptable alternatives as a list of texts (Minerva: ["6630.65\\n", "6630\\n"])."""
+    if isinstance(value, list):
+        if not value:
+            raise MalformedRow("empty answer", "answer is an empty list")
+        return [_answer_text(item) for item in value]
+    return _answer_text(value)
+
+
 def math_handler(row: dict[str, Any]) -> Example:
-    """Question and final answer as given; the worked solution (if any) kept in extra_info."""
+    """Question and final answer(s) as given; the worked solution (if any) kept in extra_info."""
     extra = {"solution": row["solution"]} if isinstance(row.get("solution"), str) else {}
-    return Example(_question(row), _answer_text(row["answer"]), extra)
+    return Example(_question(row), _answers(row["answer"]), extra)
 
 
 def gsm8k_handler(row: dict[str, Any]) -> Example:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from grpo.data.countdown import make_countdown_rows
 from grpo.data.dataset_config import DatasetConfig, SplitSpec
-from grpo.data.handlers import HANDLERS, Example, load_handler, map_fields
+from grpo.data.handlers import HANDLERS, Example, is_broken, load_handler, map_fields
 from grpo.data.loader import SUPPORTED, MalformedRow, read_rows, to_python
 from grpo.data.multiply import make_multiply_rows
 from grpo.errors import UserError
@@ -36,13 +36,15 @@ TOKENIZE_CHUNK = 1000
 
 @dataclass
 class PreparedSplit:
-    """One output split: the rows kept, and how many were read and dropped (reason -> count)."""
+    """One output split: the rows kept, how many were read, dropped (reason -> count) and skipped as declared."""
 
     split: str
     origin: str  # where the rows came from, for messages: a file, a hub id, or a generator
     rows_in: int
     rows: list[dict[str, Any]]
     dropped: Counter = field(default_factory=Counter)
+    known_broken: dict[str, list[int]] = field(default_factory=dict)  # "a null answer" -> source rows skipped by known_broken
+    declared_by: str = ""  # the dataset config that declared known_broken, for the summary
 
 
 def is_local(source: str) -> bool:
@@ -164,8 +166,14 @@ def _convert(cfg: DatasetConfig, split: str, raw: list[dict[str, Any]], origin: 
     handler = load_handler(cfg.handler)
     builtin = cfg.handler in HANDLERS
     keys = {**{name: name for name in handler.fields}, **cfg.map_keys}
-    out = PreparedSplit(split, origin, len(raw), [])
+    out = PreparedSplit(split, origin, len(raw), [], declared_by=f"the {cfg.name} config's known_broken ({cfg.path or 'in code'})")
     for index, row in enumerate(_with_progress(raw, f"{cfg.name} {split}", progress)):
+        # A defect the config declares for its published source is skipped and counted, before the handler
+        # would stop on it; only the declared conditions are, so an unexpected broken row still stops below.
+        declared = next((d for d in cfg.known_broken if is_broken(row, keys.get(d.field, d.field), d.condition)), None)
+        if declared is not None:
+            out.known_broken.setdefault(declared.describe(), []).append(index)
+            continue
         try:
             example = _run_handler(handler.fn, builtin, cfg.handler, map_fields(row, keys))
         except MalformedRow as e:
@@ -187,8 +195,10 @@ def _convert(cfg: DatasetConfig, split: str, raw: list[dict[str, Any]], origin: 
         if not raw:
             raise UserError(f"{origin} holds no rows; check the source, the split and the rows range")
         reasons = ", ".join(f"{reason}: {n}" for reason, n in out.dropped.most_common())
+        reasons += "".join(f", {what} (known_broken): {len(rows)}" for what, rows in out.known_broken.items())
         raise UserError(f"no rows left from {origin}: all {len(raw)} were removed by the malformed-row filter "
-                        f"(skip_malformed) or the handler ({reasons}); check map_keys against the source's fields")
+                        f"(skip_malformed), the handler or known_broken ({reasons.lstrip(', ')}); "
+                        "check map_keys against the source's fields")
     return out
 
 
@@ -249,6 +259,13 @@ def percentiles(values: list[int], qs: tuple[int, ...] = (50, 90, 99)) -> dict[s
     return out
 
 
+def _row_list(rows: list[int], shown: int = 10) -> str:
+    """'row 886', 'rows 886, 1009', or the first `shown` and how many more (0-based source rows)."""
+    head = ", ".join(map(str, rows[:shown]))
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return f"row{'s' if len(rows) != 1 else ''} {head}{more}"
+
+
 def summary_lines(prepared: PreparedSplit, lengths: list[int], unit: str, template: str,
                   max_prompt_length: int | None = None) -> list[str]:
     """The few lines prepare_data prints per split: counts, drop reasons, length percentiles."""
@@ -257,6 +274,9 @@ def summary_lines(prepared: PreparedSplit, lengths: list[int], unit: str, templa
              f"  rows in {prepared.rows_in}, kept {kept}, dropped {dropped}"]
     for reason, n in prepared.dropped.most_common():
         lines.append(f"    {n} {reason}")
+    for what, rows in prepared.known_broken.items():
+        lines.append(f"    skipped {len(rows)} row{'s' if len(rows) != 1 else ''} with {what} ({_row_list(rows)}), "
+                     f"declared by {prepared.declared_by}")
     stats = "  ".join(f"{k} {v}" for k, v in percentiles(lengths).items())
     lines.append(f"  prompt length in {unit} with template {template}: {stats}")
     if max_prompt_length is not None and unit.startswith("tokens"):

@@ -4,9 +4,10 @@ Two ways to call it:
 - `reward_fn(data_source, response, ground_truth, prompt) -> RewardResult` scores one completion
   in this process, with no timeout (for tests, notebooks, and inside the workers);
 - `reward_fn.score_batch(items) -> (results, metrics)` scores a whole rollout in the worker pool
-  (pool.py) with a hard per-sample timeout: what the training loop calls. A sample that times out
-  or crashes its scorer gets 0.0 with accuracy and format 0.0, and is counted in
-  metrics["reward/timeouts"] / metrics["reward/errors"]. Bad data (an unknown data_source, a
+  (pool.py) with a hard per-sample timeout and a deadline for the whole batch (step_timeout_s): what
+  the training loop calls. A sample that times out, is not scored by the deadline, or crashes its
+  scorer gets 0.0 with accuracy and format 0.0, and is counted in metrics["reward/timeouts"] (the
+  first two) / metrics["reward/errors"]. Bad data (an unknown data_source, a
   malformed ground truth, a user function returning a string) still raises UserError: that is a
   mistake to fix, not a sample to skip.
 
@@ -32,6 +33,7 @@ from grpo.rewards.registry import ScoreSettings, scorer_for
 from grpo.types import RewardResult
 
 DEFAULT_WORKERS = 2
+DEFAULT_STEP_TIMEOUT_S = 60.0  # far above a healthy step's scoring (a few seconds), far below its generation
 # what a sample gets when its scorer timed out or crashed
 FAILED = RewardResult(0.0, {"accuracy": 0.0, "format": 0.0})
 
@@ -93,17 +95,21 @@ class RewardFunction:
     """The reward the trainer calls: built-in routing, or the sum of the user's functions."""
 
     def __init__(self, specs: Sequence[str] = (), *, format_weight: float = 0.0, format_mode: str = "strict",
-                 timeout_s: float = DEFAULT_TIMEOUT_S, num_workers: int = DEFAULT_WORKERS):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, num_workers: int = DEFAULT_WORKERS,
+                 step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S):
         if isinstance(specs, str):  # a bare string would be iterated character by character
             raise UserError(f"reward.functions must be a list of specs, got the string {specs!r}")
         if not timeout_s > 0:
             raise UserError(f"reward.timeout_s must be > 0 seconds, got {timeout_s}")
         if num_workers < 1:
             raise UserError(f"reward.num_workers must be at least 1, got {num_workers}")
+        if step_timeout_s < 0:
+            raise UserError(f"reward.step_timeout_s must be >= 0 seconds (0: no deadline), got {step_timeout_s}")
         self.specs = list(specs)
         self.functions = [load_reward_function(spec) for spec in self.specs]
         self.settings = ScoreSettings(float(format_weight), format_mode)
         self.timeout_s = float(timeout_s)
+        self.step_timeout_s = float(step_timeout_s)
         self.num_workers = int(num_workers)
         self._pool: WorkerPool | None = None
 
@@ -112,7 +118,7 @@ class RewardFunction:
         """Build from the recipe's `reward` section (grpo.config.RewardConfig)."""
         return cls(reward_cfg.functions, format_weight=reward_cfg.format_weight,
                    format_mode=reward_cfg.format_mode, timeout_s=reward_cfg.timeout_s,
-                   num_workers=reward_cfg.num_workers)
+                   num_workers=reward_cfg.num_workers, step_timeout_s=reward_cfg.step_timeout_s)
 
     def __call__(self, data_source: str, response: str, ground_truth: Any, prompt: str = "") -> RewardResult:
         if not self.functions:
@@ -127,7 +133,8 @@ class RewardFunction:
                     ) -> tuple[list[RewardResult], dict[str, float]]:
         """Score (data_source, response, ground_truth, prompt) items in the worker pool.
 
-        Returns one RewardResult per item, in order, and {"reward/timeouts": k, "reward/errors": m}.
+        Returns one RewardResult per item, in order, and {"reward/timeouts": k, "reward/errors": m}; the items
+        not scored within step_timeout_s (after the pool is up) count as timeouts.
         """
         if self._pool is None:
             self._pool = WorkerPool(
@@ -136,7 +143,8 @@ class RewardFunction:
                  "format_mode": self.settings.format_mode},
                 num_workers=self.num_workers,
             )
-        outcomes, counts = self._pool.map("score", [tuple(item) for item in items], self.timeout_s)
+        outcomes, counts = self._pool.map("score", [tuple(item) for item in items], self.timeout_s,
+                                          deadline_s=self.step_timeout_s or None)
         user_errors = [o.value for o in outcomes if o.status == "user_error"]
         if user_errors:
             raise UserError(user_errors[0])

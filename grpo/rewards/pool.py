@@ -1,9 +1,19 @@
-"""Worker processes that run scoring jobs with a hard per-item timeout.
+"""Worker processes that run scoring jobs with a hard per-item timeout and an optional deadline per call.
 
 Why processes and not signals or threads: sympy (or a user's reward function) can hang in C code
 (`9**9**9**9`, a huge factorial) where no Python-level timeout fires, and `signal.alarm` only
 works on the main thread. A hung worker is killed (SIGKILL) and replaced; its item scores as a
 timeout, the rest of its chunk goes back in the queue, and training continues.
+
+Hangs do not queue behind each other. With a fixed set of workers, each hung item would hold one
+worker for the whole timeout, so H hanging items cost ceil(H / num_workers) * timeout_s one after
+another (55 hangs, 2 workers, 2 s: about a minute) while the healthy items waited behind them. So a
+worker whose item has run STUCK_AFTER_S is marked stuck: the rest of its chunk goes back in the
+queue and a spare worker starts in its place, up to MAX_STUCK_WORKERS stuck ones at once, each
+waiting out its own timeout in parallel and killed then (or reused, if its item does finish).
+`map(..., deadline_s=D)` bounds the whole call: at D seconds after the first worker is ready
+(starting the pool is bounded by START_TIMEOUT_S), every item not finished scores as a timeout and
+every busy worker is killed, all at once; the next call starts their replacements.
 
 Workers are fresh interpreters started with `subprocess` (`python -c ...`): the equivalent of the
 "spawn" start method, so nothing of the parent (a torch process group, CUDA state, threads) is
@@ -39,6 +49,8 @@ from grpo.errors import UserError
 DEFAULT_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 120.0  # a worker that cannot import its setup in this long is broken
 MAX_CHUNK = 32  # items handed to a worker at once (it still reports, and is timed, per item)
+STUCK_AFTER_S = 0.5  # an item running this long (or half the timeout, if less) marks its worker stuck
+MAX_STUCK_WORKERS = 8  # stuck workers waiting out their timeouts beside the num_workers that keep scoring
 _HEADER = struct.Struct("<Q")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding grpo/
 
@@ -153,14 +165,22 @@ class _Worker:
         self.buffer = b""
         self.ready = False
         self.started = time.monotonic()  # of the process, then of the item being worked on
-        self.chunk: collections.deque[int] = collections.deque()
+        self.chunk: collections.deque[int] = collections.deque()  # indices sent, in the order results come back
+        self.taken_back: set[int] = set()  # indices of the chunk given to other workers when this one got stuck
+        self.stuck = False  # its current item ran past STUCK_AFTER_S; a spare works in its place
         self.proc.stdin.write(init)
         self.proc.stdin.flush()
 
     def send(self, job: str, items: list[tuple[int, Any]]) -> None:
         self.chunk = collections.deque(index for index, _ in items)
+        self.taken_back.clear()
+        self.stuck = False
         self.started = time.monotonic()
         _write_frame(self.proc.stdin, (job, items))
+
+    def unfinished(self) -> list[int]:
+        """Indices of its chunk still this worker's to report (not the ones taken back)."""
+        return [index for index in self.chunk if index not in self.taken_back]
 
     def frames(self, data: bytes) -> list[Any]:
         self.buffer += data
@@ -235,28 +255,37 @@ class WorkerPool:
         self._workers.append(worker)
         return worker
 
-    def _replace(self, worker: _Worker, selector: selectors.BaseSelector) -> None:
-        selector.unregister(worker.fd)
-        worker.kill()
-        self._workers.remove(worker)
-        self.restarts += 1
-        selector.register(self._start_worker().fd, selectors.EVENT_READ, None)
+    def _drop(self, workers: list[_Worker], selector: selectors.BaseSelector, failed: bool = True) -> None:
+        """Kill these workers, all at once (SIGKILL to each, then reap): hung or dead ones (`failed`: counted in
+        `restarts`, replaced when work needs them), or surplus spares."""
+        for worker in workers:
+            selector.unregister(worker.fd)
+            self._workers.remove(worker)
+            try:
+                worker.proc.kill()
+            except OSError:
+                pass
+        for worker in workers:
+            worker.kill()
+        self.restarts += len(workers) if failed else 0
 
     def close(self) -> None:
         """Stop every worker now (they are restarted if the pool is used again)."""
         _stop_all(self._workers, self._owner)
 
-    def map(self, job: str, payloads: list[Any], timeout_s: float = DEFAULT_TIMEOUT_S
-            ) -> tuple[list[Outcome], dict[str, int]]:
+    def map(self, job: str, payloads: list[Any], timeout_s: float = DEFAULT_TIMEOUT_S,
+            deadline_s: float | None = None) -> tuple[list[Outcome], dict[str, int]]:
+        """Run the job on every payload, each within timeout_s and all within deadline_s (None: no deadline)."""
         with self._lock:
             if os.getpid() != self._owner:  # forked: start our own workers, leave the parent's
                 self._workers = []
                 self._owner = os.getpid()
                 self._finalizer.detach()
                 self._finalizer = weakref.finalize(self, _stop_all, self._workers, self._owner)
-            return self._map(job, payloads, timeout_s)
+            return self._map(job, payloads, timeout_s, deadline_s)
 
-    def _map(self, job: str, payloads: list[Any], timeout_s: float) -> tuple[list[Outcome], dict[str, int]]:
+    def _map(self, job: str, payloads: list[Any], timeout_s: float, deadline_s: float | None
+             ) -> tuple[list[Outcome], dict[str, int]]:
         outcomes: list[Outcome | None] = [None] * len(payloads)
         pending = collections.deque(range(len(payloads)))
         for worker in [w for w in self._workers if w.proc.poll() is not None]:  # died while idle
@@ -270,9 +299,40 @@ class WorkerPool:
         by_fd = lambda fd: next(w for w in self._workers if w.fd == fd)  # noqa: E731
         remaining = len(payloads)
         failed_starts = 0
+        stuck_after = min(STUCK_AFTER_S, timeout_s / 2)
+        call_ends: float | None = None  # now + deadline_s, set once a worker is ready
+
+        def settle(index: int, outcome: Outcome) -> None:
+            nonlocal remaining
+            outcomes[index] = outcome
+            remaining -= 1
+
+        def give_back(worker: _Worker) -> None:  # its unreported items go to the front of the queue
+            pending.extendleft(reversed(worker.unfinished()))
+            worker.chunk.clear()
+
         try:
             while remaining:
                 now = time.monotonic()
+                if deadline_s is not None and call_ends is None and any(w.ready for w in self._workers):
+                    call_ends = now + deadline_s
+                if call_ends is not None and now >= call_ends:
+                    # the deadline: whatever is not scored is a timeout; busy workers are killed together
+                    for index, outcome in enumerate(outcomes):
+                        if outcome is None:
+                            settle(index, Outcome("timeout"))
+                    self._drop([w for w in self._workers if w.chunk], selector)
+                    break
+                for worker in self._workers:  # a stuck worker hands the rest of its chunk to the others
+                    if worker.ready and worker.chunk and not worker.stuck and now - worker.started > stuck_after:
+                        worker.stuck = True
+                        rest = worker.unfinished()[1:]
+                        worker.taken_back.update(rest)
+                        pending.extendleft(reversed(rest))
+                stuck = sum(w.stuck for w in self._workers)
+                while (pending and len(self._workers) - stuck < self.num_workers
+                       and len(self._workers) < self.num_workers + MAX_STUCK_WORKERS):
+                    selector.register(self._start_worker().fd, selectors.EVENT_READ, None)  # a spare
                 for worker in list(self._workers):
                     if worker.ready and not worker.chunk and pending:
                         size = max(1, min(MAX_CHUNK, len(pending) // (2 * self.num_workers)))
@@ -282,9 +342,11 @@ class WorkerPool:
                         except (BrokenPipeError, OSError):  # died while idle: retry its chunk elsewhere
                             pending.extendleft(reversed(chunk))
                             worker.chunk.clear()
-                            self._replace(worker, selector)
+                            self._drop([worker], selector)
                 deadlines = [w.started + (timeout_s if w.ready else START_TIMEOUT_S)
                              for w in self._workers if w.chunk or not w.ready]
+                deadlines += [w.started + stuck_after for w in self._workers if w.chunk and not w.stuck]
+                deadlines += [call_ends] if call_ends is not None else []
                 wait = max(0.0, min(deadlines) - now) if deadlines else None
                 for key, _ in selector.select(wait):
                     worker = by_fd(key.fd)
@@ -297,11 +359,10 @@ class WorkerPool:
                                                    "their error output is above")
                         elif worker.chunk:
                             index = worker.chunk.popleft()
-                            outcomes[index] = Outcome("error", f"worker process died (exit {worker.proc.poll()})")
-                            remaining -= 1
-                            pending.extendleft(reversed(worker.chunk))
-                            worker.chunk.clear()
-                        self._replace(worker, selector)
+                            if index not in worker.taken_back:
+                                settle(index, Outcome("error", f"worker process died (exit {worker.proc.poll()})"))
+                            give_back(worker)
+                        self._drop([worker], selector)
                         continue
                     for frame in worker.frames(data):
                         if frame[0] == "ready":
@@ -311,20 +372,29 @@ class WorkerPool:
                             raise UserError(f"reward worker setup failed: {frame[1]}")
                         else:
                             _, index, status, value = frame
-                            outcomes[index] = Outcome(status, value)
-                            remaining -= 1
-                            worker.chunk.popleft()
+                            worker.chunk.popleft()  # results come back in the order sent
+                            if index not in worker.taken_back:  # a taken-back item is another worker's now
+                                settle(index, Outcome(status, value))
                             worker.started = time.monotonic()  # the next item's clock starts now
+                            if not worker.chunk:  # done, even with a slow item: an ordinary worker again
+                                worker.stuck = False
+                                worker.taken_back.clear()
                 now = time.monotonic()
-                for worker in list(self._workers):
+                timed_out = []
+                for worker in self._workers:
                     if worker.chunk and worker.ready and now - worker.started > timeout_s:
-                        outcomes[worker.chunk.popleft()] = Outcome("timeout")
-                        remaining -= 1
-                        pending.extendleft(reversed(worker.chunk))
-                        worker.chunk.clear()
-                        self._replace(worker, selector)
+                        index = worker.chunk.popleft()
+                        if index not in worker.taken_back:
+                            settle(index, Outcome("timeout"))
+                        give_back(worker)
+                        timed_out.append(worker)
                     elif not worker.ready and now - worker.started > START_TIMEOUT_S:
                         raise RuntimeError(f"a reward worker did not start within {START_TIMEOUT_S:.0f}s")
+                self._drop(timed_out, selector)  # several at once; spares start above while items wait
+            # Every item is settled. A stuck worker still busy with items taken back from it would report them
+            # into the next call, and spares beyond num_workers are surplus now: both go.
+            self._drop([w for w in self._workers if w.chunk], selector)
+            self._drop(self._workers[self.num_workers:], selector, failed=False)  # the newest spares
         except BaseException:
             # interrupted (a setup error, Ctrl-C): late results must not leak into the next call,
             # so every worker goes; the next call starts fresh ones

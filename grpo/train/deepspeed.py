@@ -18,6 +18,7 @@ from grpo.config import Config
 from grpo.device import DistInfo, torch_dtype
 from grpo.errors import UserError
 from grpo.lora import adapter_weights, add_adapters, merged_state, saved_config
+from grpo.safe_load import check_weights_only, load_weights_only
 from grpo.types import MicroBatch
 from grpo.train.packing import FlopModel, forward_layout, layout_logprobs
 
@@ -153,6 +154,7 @@ class OptimizedModel:
         self.engine.save_checkpoint(str(folder.parent), tag=folder.name)
 
     def load_state(self, folder: Path) -> None:
+        refuse_unsafe_pickles(folder)  # DeepSpeed unpickles its files with weights_only=False: check them first
         loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
         if loaded is None:
@@ -265,11 +267,32 @@ class DeepSpeedTrainEngine(OptimizedModel):
             tokenizer.save_pretrained(out_dir)
 
 
+def deepspeed_checkpoint_classes() -> list[type]:
+    """The non-tensor classes DeepSpeed 0.19 pickles into its checkpoint files (found with
+    torch.serialization.get_unsafe_globals_in_checkpoint on ZeRO 0-3 checkpoints, bf16 and fp32): plain
+    value holders, safe to rebuild. Everything else in those files is tensors and plain data."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+def refuse_unsafe_pickles(folder: Path) -> None:
+    """UserError naming the first file of a DeepSpeed checkpoint folder that holds more than tensors, plain data
+    and deepspeed_checkpoint_classes(). DeepSpeed 0.19.8 reads its own files with torch.load(weights_only=False)
+    (runtime/checkpoint_engine/torch_checkpoint_engine.py, utils/zero_to_fp32.py) and has no switch for it, so
+    each file is loaded once with weights_only=True first (tensor storage memory-mapped, not read), which
+    refuses pickled code instead of running it; only then does DeepSpeed read it."""
+    check_weights_only(sorted(Path(folder).glob("*.pt")), deepspeed_checkpoint_classes())
+
+
 def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     """The whole module's fp32 state dict from a folder `save_state` wrote, in one process without engines:
     ZeRO 1-3 shards are merged by DeepSpeed's own converter; a stage-0 folder already holds the whole module."""
     if zero_stage == 0:
-        return torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        return load_weights_only(folder / "mp_rank_00_model_states.pt", deepspeed_checkpoint_classes())["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    refuse_unsafe_pickles(folder)  # zero_to_fp32 unpickles with weights_only=False: check the files first
     return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)

@@ -6,6 +6,7 @@ template or to the question text on the way through fails a test.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,20 +215,85 @@ def test_multiply_digits():
 # ---------------------------------------------------------------- bad input
 
 
+def _broken_answer_rows(path):
+    """Rows of a DeepScaleR json file whose answer is null, and whose answer is blank text, read with json alone."""
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    null = [i for i, row in enumerate(rows) if row["answer"] is None]
+    empty = [i for i, row in enumerate(rows) if isinstance(row["answer"], str) and not row["answer"].strip()]
+    return len(rows), null, empty
+
+
 @needs_data
-def test_null_answer_names_field_file_and_row():
+def test_deepscaler_skips_exactly_its_declared_broken_rows():
+    source = SHARED_DATA / "deepscaler" / "train" / "math.json"
+    rows_in, null, empty = _broken_answer_rows(source)
+    assert (rows_in, null, empty) == (7474, [886, 1009], [5328, 5330])  # SOURCE.md: 7474 records, 4 without an answer
+    (train,) = _prepare("deepscaler", source=str(source)).values()  # no --skip-malformed: the config declares them
+    assert train.known_broken == {"a null answer": null, "an empty answer": empty}
+    assert (train.rows_in, len(train.rows), sum(train.dropped.values())) == (7474, 7474 - 2 - 2, 0)
+    indices = [r["extra_info"]["index"] for r in train.rows]
+    assert indices == [i for i in range(7474) if i not in null + empty]  # indices point at source rows: gaps, no shift
+    lines = summary_lines(train, prompt_lengths(train.rows, "raw"), "characters", "raw")
+    declared = f"declared by the deepscaler config's known_broken ({DATASETS / 'deepscaler.yaml'})"
+    assert lines[1] == "  rows in 7474, kept 7470, dropped 4"
+    assert lines[2:4] == [f"    skipped 2 rows with a null answer (rows 886, 1009), {declared}",
+                          f"    skipped 2 rows with an empty answer (rows 5328, 5330), {declared}"]
+
+
+@needs_data
+def test_undeclared_null_answer_names_field_file_and_row():
+    # math500's config declares no known_broken, so the same file stops at its first null answer.
     source = str(SHARED_DATA / "deepscaler" / "train" / "math.json")
     with pytest.raises(UserError) as e:
-        _prepare("deepscaler", source=source)
-    # SOURCE.md: 4 records of train/math.json have no answer; the first is row 886 (null).
+        _prepare("math500", source=source)
     for part in ("math.json", "row 886 (0-based)", "field 'answer' is null", "--skip-malformed"):
         assert part in str(e.value), part
-    (train,) = _prepare("deepscaler", source=source, skip_malformed=True).values()
+    (test,) = _prepare("math500", source=source, skip_malformed=True).values()
     # Rows 886 and 1009 hold null, rows 5328 and 5330 an empty string: 7474 - 4 = 7470 kept.
-    assert (train.rows_in, len(train.rows)) == (7474, 7470)
-    assert train.dropped == {"null field 'answer'": 2, "empty answer": 2}
-    indices = [r["extra_info"]["index"] for r in train.rows]
-    assert 886 not in indices and indices[885:887] == [885, 887]  # indices point at source rows: a gap, no shift
+    assert (test.rows_in, len(test.rows), test.known_broken) == (7474, 7470, {})
+    assert test.dropped == {"null field 'answer'": 2, "empty answer": 2}
+
+
+def test_known_broken_skips_only_what_it_declares(tmp_path):
+    # Rows: 0 fine, 1 null answer (declared), 2 fine, 3 null answer (declared), 4 empty answer (not declared).
+    data = tmp_path / "rows.jsonl"
+    answers = ["1", None, "3", None, " "]
+    data.write_text("".join(json.dumps({"q": f"question {i}", "a": a}) + "\n" for i, a in enumerate(answers)))
+    config = tmp_path / "mine.yaml"
+    config.write_text("source: rows.jsonl\ndata_source: math\nmap_keys: {prompt: q, answer: a}\n"
+                      "known_broken:\n  - {field: answer, is: null, why: rows 1 and 3 of the published file}\n")
+    run = _cli(config, "--source", data, "--rows", "0:4", "--out", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    assert "  rows in 4, kept 2, dropped 2\n" in run.stdout
+    assert (f"    skipped 2 rows with a null answer (rows 1, 3), declared by the mine config's known_broken ({config})\n"
+            in run.stdout)
+    assert [r["extra_info"]["index"] for r in read_rows(tmp_path / "out" / "train.parquet")] == [0, 2]
+    run = _cli(config, "--source", data, "--out", tmp_path / "all")  # row 4's empty answer is not declared
+    assert run.returncode == 2 and "rows.jsonl, row 4 (0-based): empty answer. Fix the data" in run.stderr
+    assert not (tmp_path / "all").exists()
+    config.write_text("source: rows.jsonl\ndata_source: math\nknown_broken: [{field: answer, is: missing}]\n")
+    with pytest.raises(UserError, match=r"known_broken\[0\].is must be one of null, empty, got 'missing'"):
+        load_dataset_config(config)
+    config.write_text("source: rows.jsonl\ndata_source: math\nknown_broken: [{field: answer, when: null}]\n")
+    with pytest.raises(UserError, match=r"unknown key known_broken\[0\].when; did you mean why"):
+        load_dataset_config(config)
+
+
+@needs_data
+def test_deepscaler_reads_every_deepscaler_file_as_published():
+    # Minerva stores a list of acceptable answers per problem (71 of its 272 have two): the list stays a list.
+    minerva = SHARED_DATA / "deepscaler" / "test" / "minerva.json"
+    (test,) = _prepare("deepscaler", source=str(minerva)).values()
+    first = json.loads(minerva.read_text())[0]["answer"]
+    assert first == ["9.6\n"] and test.rows[0]["reward_model"]["ground_truth"] == ["9.6"]
+    assert len(test.rows) == 272
+    # The verl-format slice names its fields prompt (messages) and reward_model.ground_truth: map_keys' alternatives.
+    subset = SHARED_DATA / "deepscaler" / "train_subset_2000" / "deepscaler_train.parquet"
+    (train,) = _prepare("deepscaler", source=str(subset)).values()
+    published = read_rows(subset)
+    assert len(train.rows) == 2000
+    assert train.rows[0]["prompt"] == [dict(m) for m in published[0]["prompt"]]
+    assert train.rows[0]["reward_model"]["ground_truth"] == published[0]["reward_model"]["ground_truth"].strip()
 
 
 @needs_data
@@ -323,33 +389,35 @@ def test_cli_summary_in_tokens(tmp_path, tiny_dir):
     from transformers import AutoTokenizer
 
     source = SHARED_DATA / "deepscaler" / "train" / "math.json"
-    run = _cli(DATASETS / "deepscaler.yaml", "--source", source, "--rows", "0:1200", "--skip-malformed",
+    run = _cli(DATASETS / "math500.yaml", "--source", source, "--rows", "0:1200", "--skip-malformed",
                "--tokenizer", tiny_dir / "model", "--max-prompt-length", 200, "--out", tmp_path)
     assert run.returncode == 0, run.stderr
     out = run.stdout
-    # Rows 886 and 1009 of the first 1200 have a null answer.
+    # Rows 886 and 1009 of the first 1200 have a null answer (math500's config declares no known_broken).
     assert "  rows in 1200, kept 1198, dropped 2\n    2 null field 'answer'\n" in out
     # Recompute the percentiles independently: literal qwen_r1 text, the tiny tokenizer, numpy's inverted-CDF
     # percentile (the smallest length with at least p% of prompts at or below it, i.e. nearest rank).
     tok = AutoTokenizer.from_pretrained(tiny_dir / "model")
-    questions = [row["prompt"][0]["content"] for row in read_rows(tmp_path / "train.parquet")]
+    questions = [row["prompt"][0]["content"] for row in read_rows(tmp_path / "test.parquet")]
     lengths = [len(ids) for ids in tok([QWEN_R1_HEAD + q + QWEN_R1_TAIL for q in questions], add_special_tokens=False)["input_ids"]]
     p50, p90, p99 = (int(v) for v in np.percentile(lengths, [50, 90, 99], method="inverted_cdf"))
     assert (f"  prompt length in tokens ({tiny_dir / 'model'}) with template qwen_r1: "
             f"p50 {p50}  p90 {p90}  p99 {p99}  max {max(lengths)}\n") in out
     assert f"  {sum(n > 200 for n in lengths)} prompts are longer than 200 tokens" in out
-    assert f"train with: data.train_files=[{tmp_path / 'train.parquet'}] data.template=qwen_r1" in out
+    assert f"test: {source}, rows 0:1200\n" in out
+    assert f"wrote {tmp_path / 'test.parquet'}" in out
 
 
 @needs_data
 def test_cli_progress_and_errors(tmp_path):
     source = SHARED_DATA / "deepscaler" / "train" / "math.json"
-    run = _cli(DATASETS / "deepscaler.yaml", "--source", source, "--skip-malformed", "--out", tmp_path)
+    run = _cli(DATASETS / "deepscaler.yaml", "--source", source, "--out", tmp_path)
     assert run.returncode == 0, run.stderr
     assert "rows in 7474, kept 7470, dropped 4" in run.stdout and "characters (no --tokenizer given" in run.stdout
     assert "deepscaler train: 100%" in run.stderr and "7474/7474" in run.stderr  # 7474 rows >= 5000: a progress bar
     assert len(pd.read_parquet(tmp_path / "train.parquet")) == 7470
-    run = _cli(DATASETS / "deepscaler.yaml", "--source", source, "--out", tmp_path / "again")
+    assert f"train with: data.train_files=[{tmp_path / 'train.parquet'}] data.template=qwen_r1" in run.stdout
+    run = _cli(DATASETS / "math500.yaml", "--source", source, "--out", tmp_path / "again")  # declares no known_broken
     assert run.returncode == 2
     assert "error: " in run.stderr and "math.json, row 886 (0-based): field 'answer' is null" in run.stderr
     assert not (tmp_path / "again").exists()  # nothing written on error

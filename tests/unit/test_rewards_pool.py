@@ -205,3 +205,51 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_step_deadline_bounds_a_batch_with_hanging_samples(tmp_path):
+    # 64 completions "0".."63"; the reward sleeps forever on the 4 that are 5, 21, 37, 53 (i % 16 == 5) and
+    # scores the rest 1.0 when the response equals the ground truth (i itself) or 0.0 (ground truth i + 1 on odd i).
+    (tmp_path / "sleepy_rewards.py").write_text(textwrap.dedent(
+        """
+        import time
+
+        def fn(data_source, response, ground_truth, prompt):
+            if int(response) % 16 == 5:
+                while True:
+                    time.sleep(1)  # never returns, holding its worker
+            return 1.0 if response == str(ground_truth) else 0.0
+        """
+    ))
+    sys.path.insert(0, str(tmp_path))
+    # timeout_s=30 exceeds the deadline, so only the 3 s step deadline can end the hanging samples (a deadline
+    # shorter than the per-sample timeout is allowed: it simply comes first).
+    reward_fn = RewardFunction(["sleepy_rewards:fn"], timeout_s=30.0, num_workers=2, step_timeout_s=3.0)
+    try:
+        reward_fn.score_batch([("x", "0", 0, "")])  # start the pool: the deadline clock runs from a ready worker
+        items = [("x", str(i), i if i % 2 == 0 else i + 1, "") for i in range(64)]
+        start = time.monotonic()
+        results, metrics = reward_fn.score_batch(items)
+        elapsed = time.monotonic() - start
+        hanging = [i for i in range(64) if i % 16 == 5]
+        assert hanging == [5, 21, 37, 53]
+        # The call ends at the deadline (3 s) plus the work after it: SIGKILL and reap the 4 stuck workers
+        # and at most 2 more (milliseconds each), no new worker waited for. 1.5 s covers that on a loaded machine.
+        assert 3.0 <= elapsed < 3.0 + 1.5, elapsed
+        assert [r.score for i, r in enumerate(results) if i in hanging] == [0.0] * 4
+        assert metrics == {"reward/timeouts": 4.0, "reward/errors": 0.0}
+        # The other 60 got their real scores: the hung workers handed their queued items to spares.
+        expected = [1.0 if i % 2 == 0 else 0.0 for i in range(64) if i not in hanging]
+        assert [r.score for i, r in enumerate(results) if i not in hanging] == expected
+        assert len(reward_fn._pool._workers) == 0 or all(not w.chunk for w in reward_fn._pool._workers)
+        # the next call works with fresh workers
+        assert [r.score for r in reward_fn.score_batch([("x", "2", 2, "")])[0]] == [1.0]
+    finally:
+        reward_fn.close()
+        sys.path.remove(str(tmp_path))
+
+
+def test_step_timeout_is_checked():
+    with pytest.raises(UserError, match="step_timeout_s must be >= 0"):
+        RewardFunction([], step_timeout_s=-1)
+    assert RewardFunction([], step_timeout_s=0).step_timeout_s == 0.0  # no deadline
