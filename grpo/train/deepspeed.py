@@ -149,9 +149,12 @@ class OptimizedModel:
     def _load_resharded(self, folder: Path) -> None:
         import torch.distributed as dist
 
-        # beside the saved folder, so every node sees it where checkpoints already have to be shared
-        universal = folder.parent / f".universal_{folder.name}"
+        # Beside the saved folder, so every node sees it where checkpoints already have to be shared; in a scratch
+        # folder of its own because the converter also writes a `latest_universal` file next to its output.
+        scratch = folder.parent / f".reshard_{folder.name}"
+        universal = scratch / folder.name
         if self.dist.rank == 0:
+            shutil.rmtree(scratch, ignore_errors=True)  # left by a resume that was interrupted
             convert_to_universal(folder, universal)
         dist.barrier()
         # DeepSpeed 0.19.8 reads checkpoint.load_universal only inside load_checkpoint (engine.load_universal_checkpoint()),
@@ -165,7 +168,7 @@ class OptimizedModel:
             config.load_universal_checkpoint = False
         dist.barrier()
         if self.dist.rank == 0:
-            shutil.rmtree(universal, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         if loaded is None:
             raise UserError(f"DeepSpeed could not load the resharded checkpoint in {folder}")
 
@@ -283,7 +286,8 @@ def zero_partitions(folder: Path) -> int:
 
 
 def convert_to_universal(folder: Path, out: Path) -> None:
-    """DeepSpeed's universal checkpoint of a ZeRO 1-3 `save_state` folder, written to `out` (one process).
+    """DeepSpeed's universal checkpoint of a ZeRO 1-3 `save_state` folder, written to `out` (one process; the
+    converter also writes the file `latest_universal` into out's parent).
 
     The converter prints a line per phase and progress bars; they are kept out of the run's output and
     shown only when it fails. ZeRO 1-2 folders lack the Megatron-style `universal_checkpoint_info`
@@ -296,7 +300,6 @@ def convert_to_universal(folder: Path, out: Path) -> None:
 
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    shutil.rmtree(out, ignore_errors=True)  # left by a conversion that was interrupted
     args = types.SimpleNamespace(input_folder=str(folder), output_folder=str(out), num_extract_workers=1,
                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
     log = io.StringIO()

@@ -60,7 +60,11 @@ def logged_prompts(run_dir):
 def check_reshard(tiny_dir, plugin, tmp_path, args, saved_ranks, resumed_ranks, engines):
     run_dir = tmp_path / "run"
     _, saved = probe(tmp_path / "saved.pt", run_dir, 2, saved_ranks, plugin, args(run_dir))
+    checkpoint = run_dir / "checkpoints" / "step_00000002"
+    files = sorted(p.relative_to(checkpoint) for p in checkpoint.rglob("*"))
     result, loaded = probe(tmp_path / "loaded.pt", run_dir, 4, resumed_ranks, plugin, args(run_dir))
+    # the resharding's conversion (written beside the engines' folders) is gone, the checkpoint as it was
+    assert sorted(p.relative_to(checkpoint) for p in checkpoint.rglob("*")) == files
 
     assert "resumed from" in result.stdout and "step_00000002 at step 2" in result.stdout, result.stdout[-3000:]
     assert f"resharded from {saved_ranks} to {resumed_ranks} ranks" in result.stdout, result.stdout[-3000:]
