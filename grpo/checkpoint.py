@@ -140,7 +140,11 @@ def read_rank_state(path: Path, rank: int, world_size: int) -> dict[str, Any]:
     """
     saved = saved_world_size(path)
     if saved == world_size:
-        return torch.load(path / f"trainer_state_rank{rank}.pt", weights_only=False)
+        state_file = path / f"trainer_state_rank{rank}.pt"
+        if not state_file.is_file():
+            raise UserError(f"checkpoint {path} has no {state_file.name} although rank 0 records {saved} ranks: the "
+                            "folder is incomplete; resume from another LOG_DIR/checkpoints/step_... folder")
+        return torch.load(state_file, weights_only=False)
     state = torch.load(path / "trainer_state_rank0.pt", weights_only=False)
     return {**state, "rng": None}
 

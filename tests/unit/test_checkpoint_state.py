@@ -58,3 +58,10 @@ def test_a_folder_without_rank_0s_state_is_not_a_checkpoint(tmp_path):
     (tmp_path / "step" / "policy").mkdir(parents=True)
     with pytest.raises(UserError, match="no trainer_state_rank0.pt: it is not a complete grpo checkpoint"):
         read_rank_state(tmp_path / "step", 0, 1)
+
+
+def test_a_missing_rank_file_on_the_saving_world_size_is_named(tmp_path):
+    path = saved_by(tmp_path / "step", 2)
+    (path / "trainer_state_rank1.pt").unlink()
+    with pytest.raises(UserError, match="no trainer_state_rank1.pt although rank 0 records 2 ranks"):
+        read_rank_state(path, 1, 2)
