@@ -153,15 +153,25 @@ class OptimizedModel:
         # folder of its own because the converter also writes a `latest_universal` file next to its output.
         scratch = folder.parent / f".reshard_{folder.name}"
         universal = scratch / folder.name
+        failure = [None]  # rank 0's conversion error, sent to every rank so none waits for a load that cannot come
         if self.dist.rank == 0:
             shutil.rmtree(scratch, ignore_errors=True)  # left by a resume that was interrupted
-            convert_to_universal(folder, universal)
-        dist.barrier()
-        # DeepSpeed 0.19.8 reads checkpoint.load_universal only inside load_checkpoint (engine.load_universal_checkpoint()),
-        # so switching it on for this one load equals building the engine with it.
+            try:
+                convert_to_universal(folder, universal)
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                failure = [f"{type(e).__name__}: {e}"]
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise RuntimeError(f"resharding {folder}: DeepSpeed's universal-checkpoint conversion failed on rank 0: "
+                               f"{failure[0]}")
+        # DeepSpeed 0.19.8 reads checkpoint.load_universal only inside load_checkpoint (through
+        # engine.load_universal_checkpoint()), so switching it on for this one load equals building the engine with it.
         config = self.engine._config
         config.load_universal_checkpoint = True
         try:
+            if not self.engine.load_universal_checkpoint():
+                raise RuntimeError(f"DeepSpeed {deepspeed_version()} no longer takes checkpoint.load_universal from "
+                                   "engine._config.load_universal_checkpoint; update OptimizedModel._load_resharded")
             loaded, _ = self.engine.load_checkpoint(str(universal.parent), tag=universal.name,
                                                     load_optimizer_states=True, load_lr_scheduler_states=True)
         finally:
@@ -277,6 +287,12 @@ class DeepSpeedTrainEngine(OptimizedModel):
                 module = module.get_base_model()
             module.save_pretrained(out_dir, state_dict=state)
             tokenizer.save_pretrained(out_dir)
+
+
+def deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
 
 
 def zero_partitions(folder: Path) -> int:
