@@ -14,6 +14,10 @@ so a crash mid-save leaves a temporary folder (ignored and removed later) and th
 checkpoint intact. A write that fails on any rank (disk full, no permission) ends the run on every
 rank with one `RunFailed` naming the rank, the error and the intact previous checkpoint. Only folders with the final name count as complete. Engines are reached through
 the `grpo.train.TrainEngine` protocol (`save_state` / `load_state`): the critic is one more entry.
+
+A checkpoint resumes on any number of ranks that divides train.prompts_per_step: engines reshard their
+own state (weights, optimizer moments and step, scheduler), the step and data cursor are global, and
+RNG states are restored only on the world size that saved them (`read_rank_state`).
 """
 from __future__ import annotations
 
@@ -130,24 +134,59 @@ def remove_incomplete(run_dir: str | Path) -> list[Path]:
     return stale
 
 
-def read_rank_state(path: Path, rank: int, world_size: int) -> dict[str, Any]:
-    """This rank's saved trainer state (step, data cursor, RNG states); an error when the checkpoint was saved
-    by another number of ranks (called before any engine is built, so a mismatch costs seconds)."""
-    state_file = path / f"trainer_state_rank{rank}.pt"
+def saved_world_size(path: Path) -> int:
+    """How many ranks saved the checkpoint (recorded in rank 0's trainer state, which every checkpoint has)."""
+    state_file = path / "trainer_state_rank0.pt"
     if not state_file.is_file():
-        raise UserError(f"checkpoint {path} has no state for rank {rank}: it was saved with a different number "
-                        "of ranks; resume with the same world size")
-    # weights_only: the state is plain data (ints, the sampler's dict, RNG tuples and byte tensors), so a file
-    # holding anything else is refused rather than unpickled, and cannot run code on resume.
-    state = load_weights_only(state_file)
-    if state["world_size"] != world_size:
-        raise UserError(f"checkpoint {path} was saved by {state['world_size']} ranks, this run has {world_size}; "
-                        "resume with the same world size")
-    return state
+        raise UserError(f"checkpoint {path} has no trainer_state_rank0.pt: it is not a complete grpo checkpoint; "
+                        "resume from another LOG_DIR/checkpoints/step_... folder")
+    return int(load_weights_only(state_file)["world_size"])
+
+
+def check_resume_world_size(path: Path, world_size: int, prompts_per_step: int) -> None:
+    """Before anything loads: a checkpoint resumes on any number of ranks that splits the global batch
+    (train.prompts_per_step, which a resumed run keeps) evenly."""
+    saved = saved_world_size(path)
+    if saved != world_size and prompts_per_step % world_size:
+        divisors = [n for n in range(1, prompts_per_step + 1) if prompts_per_step % n == 0]
+        raise UserError(f"checkpoint {path} was saved by {saved} ranks and this run has {world_size}: the resumed run "
+                        f"keeps the global batch of train.prompts_per_step={prompts_per_step} prompts, which "
+                        f"{world_size} ranks cannot split evenly; resume on a number of ranks that divides it "
+                        f"({', '.join(map(str, divisors))})")
+
+
+def checkpoint_to_resume(run_dir: str | Path, resume: str, world_size: int, prompts_per_step: int) -> Path | None:
+    """checkpoint.resume resolved (None: a fresh start) and checked to fit this world size; cheap (no engine),
+    so launchers call it before the config's own per-rank checks, whose advice (change the batch) does not
+    suit a resumed run."""
+    path = resolve_resume(run_dir, resume)
+    if path is not None:
+        check_resume_world_size(path, world_size, prompts_per_step)
+    return path
+
+
+def read_rank_state(path: Path, rank: int, world_size: int) -> dict[str, Any]:
+    """This rank's saved trainer state: step, data cursor, RNG states and the world size that saved it.
+
+    On the world size that saved it, each rank reads its own file. On another one (a resharded resume)
+    every rank reads rank 0's: the step and the data cursor are global (one prompt order for all ranks,
+    `PromptSampler`), while RNG states belong to ranks that may not exist any more and are dropped
+    (`rng` is None; the trainer seeds each rank afresh).
+    """
+    saved = saved_world_size(path)
+    if saved == world_size:
+        state_file = path / f"trainer_state_rank{rank}.pt"
+        if not state_file.is_file():
+            raise UserError(f"checkpoint {path} has no {state_file.name} although rank 0 records {saved} ranks: the "
+                            "folder is incomplete; resume from another LOG_DIR/checkpoints/step_... folder")
+        return load_weights_only(state_file)
+    state = load_weights_only(path / "trainer_state_rank0.pt")
+    return {**state, "rng": None}
 
 
 def load_checkpoint(path: Path, engines: dict[str, TrainEngine], rank: int, world_size: int) -> dict[str, Any]:
-    """Restore every engine's state; returns this rank's saved trainer state (step, data cursor, RNG states)."""
+    """Restore every engine's state (resharded when another number of ranks saved it); returns this rank's
+    saved trainer state (`read_rank_state`)."""
     state = read_rank_state(path, rank, world_size)
     for name, engine in engines.items():
         if not (path / name).is_dir():

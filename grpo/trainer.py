@@ -22,8 +22,7 @@ from grpo import watchdog
 from grpo.algorithms import ADVANTAGES, KL_ESTIMATORS, kl_penalised_rewards, whiten
 from grpo.batching import (assign_advantages, assign_gae_advantages, build_micro_batches, split_to_count,
                            token_budget_bounds)
-from grpo.checkpoint import (CRITIC, POLICY, load_checkpoint, read_rank_state, remove_incomplete, resolve_resume,
-                             save_checkpoint)
+from grpo.checkpoint import CRITIC, POLICY, checkpoint_to_resume, load_checkpoint, remove_incomplete, save_checkpoint
 from grpo.config import Config
 from grpo.data import PromptSampler, check_model_path, load_prompt_records, load_tokenizer
 from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb, rng_state, set_rng_state
@@ -43,11 +42,15 @@ from grpo.weight_sync import generation_mode, push_weights, training_mode
 
 class Trainer:
     def __init__(self, cfg: Config):
-        # 1. The process group, then the config's per-rank numbers (they need the world size).
+        # 1. The process group, the checkpoint to resume from, then the config's per-rank numbers (they need the
+        #    world size).
         check_model_path(cfg.model.path, "model.path")
         self.dist = init_distributed(cfg.dist.timeout_s + watchdog.BACKEND_GRACE_S)
-        self.cfg = cfg.finalize(self.dist.world_size)
         self.run_dir = Path(cfg.log.dir)
+        # (the checkpoint first: a world size that cannot split the saved run's global batch is reported as a
+        # resume problem, see checkpoint_to_resume)
+        resume_from = self._checkpoint_to_resume(cfg)
+        self.cfg = cfg.finalize(self.dist.world_size)
         if self.dist.rank == 0:
             cfg.save(self.run_dir / "config.yaml")
         # 2. Data: templated, tokenised prompts, and this rank's sampler over them.
@@ -61,10 +64,9 @@ class Trainer:
         self.sampler = PromptSampler(records, cfg.train.prompts_per_step, self.dist.rank, self.dist.world_size,
                                      seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.data_sources = sorted({r.data_source for r in records})  # the same on every rank
-        # 3. Rewards, evaluation and the checkpoint to resume from (input mistakes surface before any model loads).
+        # 3. Rewards and evaluation (input mistakes surface before any model loads).
         self.reward_fn = RewardFunction.from_config(cfg.reward)
         self.evaluator = Evaluator.from_config(cfg, self.tokenizer, self.dist) if cfg.eval.files else None
-        resume_from = self._checkpoint_to_resume()
         # 4. Engines: the rollout engine first, then the training engine, the order in which colocating
         #    vLLM with ZeRO-3 was verified (shared/notes/colocate-cpu.md, order A).
         self.rollout = build_rollout_engine(cfg, self.tokenizer, self.dist)
@@ -332,24 +334,40 @@ class Trainer:
         return save_checkpoint(self.run_dir, self.step, self.cfg.checkpoint.keep, self.engines, rank_state,
                                self.dist.rank, write_shared)
 
-    def _checkpoint_to_resume(self) -> Path | None:
-        """checkpoint.resume resolved (None: a fresh start), its saved world size checked against this run's."""
+    def _checkpoint_to_resume(self, cfg: Config) -> Path | None:
+        """checkpoint.resume resolved (None: a fresh start) and checked against this run's world size."""
         if self.dist.rank == 0:
             for stale in remove_incomplete(self.run_dir):
                 print(f"checkpoint: removed {stale.name}, left by a save that did not finish", flush=True)
-        path = resolve_resume(self.run_dir, self.cfg.checkpoint.resume)
-        if path is not None:
-            read_rank_state(path, self.dist.rank, self.dist.world_size)
-        return path
+        return checkpoint_to_resume(self.run_dir, cfg.checkpoint.resume, self.dist.world_size,
+                                    cfg.train.prompts_per_step)
 
     def _resume(self, path: Path) -> int:
-        """Load the checkpoint into the engines, the sampler and the RNGs; returns the step it was saved at."""
+        """Load the checkpoint into the engines, the sampler and the RNGs; returns the step it was saved at.
+
+        On another number of ranks than saved it, the engines reshard their states, every rank continues the one
+        global prompt order from the saved cursor, and, since the saved RNG states belong to the old ranks, each
+        rank's python and torch generators are seeded afresh from train.seed + rank + step. (Rollouts do not depend
+        on them: their sampling seeds come from (train.seed, rank, step) by `sampling_seed`.)
+        """
+        started = time.perf_counter()
         state = load_checkpoint(path, self.engines, self.dist.rank, self.dist.world_size)
+        step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        resharded = state["world_size"] != self.dist.world_size
+        if resharded:
+            _seed_everything(self.cfg.train.seed + self.dist.rank + step)
+        else:
+            set_rng_state(state["rng"])
         if self.dist.rank == 0:
-            print(f"checkpoint: resumed from {path} at step {state['step']}", flush=True)
-        return int(state["step"])
+            print(f"checkpoint: resumed from {path} at step {step}", flush=True)
+            if resharded:
+                cursor = state["sampler"]
+                print(f"checkpoint: resharded from {state['world_size']} to {self.dist.world_size} ranks in "
+                      f"{time.perf_counter() - started:.1f} s (engines: {', '.join(self.engines)}; the prompt order "
+                      f"continues at epoch {cursor['epoch']}, offset {cursor['offset']}; RNGs seeded from "
+                      f"train.seed + rank + step)", flush=True)
+        return step
 
 
 def _is_collective_timeout(error: Exception) -> bool:

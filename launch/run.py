@@ -27,7 +27,13 @@ def main(argv: list[str]) -> int:
     try:
         recipes = [a for a in argv if "=" not in a]
         cfg = load_config(recipes, [a for a in argv if "=" in a])
-        cfg.finalize(int(os.environ.get("WORLD_SIZE", "1")))  # config mistakes surface before any heavy import
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        # mistakes surface before any heavy import: first whether the checkpoint to resume fits this world size
+        # (then a batch that does not divide is a resume problem, not a config one), then the config itself
+        from grpo.checkpoint import checkpoint_to_resume
+
+        checkpoint_to_resume(cfg.log.dir, cfg.checkpoint.resume, world_size, cfg.train.prompts_per_step)
+        cfg.finalize(world_size)
         from grpo.trainer import Trainer
 
         Trainer(cfg).fit()

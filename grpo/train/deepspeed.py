@@ -4,12 +4,14 @@ The policy is loaded with `HfDeepSpeedConfig` + `from_pretrained`, so under ZeRO
 ever holds its shard; torch's AdamW is the client optimizer (no op compilation on any device).
 `DeepSpeedTrainEngine` implements `grpo.train.PolicyEngine` and knows nothing of RL: it turns
 micro-batches into token logprobs, takes backward on a loss the trainer computed, and steps. It also
-hands out parameters for the weight sync, and saves/loads its state in DeepSpeed's checkpoint format
-(`consolidated_state_dict` reads one back into a plain state dict, for export).
+hands out parameters for the weight sync, and saves/loads its state in DeepSpeed's checkpoint format,
+on any number of ranks (`OptimizedModel.load_state` reshards through DeepSpeed's universal checkpoint;
+`consolidated_state_dict` reads one back into a plain state dict, for export).
 """
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import torch
@@ -154,11 +156,58 @@ class OptimizedModel:
         self.engine.save_checkpoint(str(folder.parent), tag=folder.name)
 
     def load_state(self, folder: Path) -> None:
+        """Restore what `save_state` wrote, on any number of ranks (collective).
+
+        ZeRO 1-3 shards saved by another number of ranks are resharded through DeepSpeed's universal
+        checkpoint: rank 0 converts the folder into one file per parameter and state (fp32 weight,
+        exp_avg, exp_avg_sq), every rank loads its new partition of each, then the conversion is
+        deleted. A stage-0 folder holds every state whole, so any number of ranks loads it as saved.
+        """
         refuse_unsafe_pickles(folder)  # DeepSpeed unpickles its files with weights_only=False: check them first
+        saved_ranks = zero_partitions(folder)
+        if saved_ranks and saved_ranks != self.dist.world_size:
+            self._load_resharded(folder)
+            return
         loaded, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
         if loaded is None:
             raise UserError(f"DeepSpeed could not load the checkpoint in {folder}")
+
+    def _load_resharded(self, folder: Path) -> None:
+        import torch.distributed as dist
+
+        # Beside the saved folder, so every node sees it where checkpoints already have to be shared; in a scratch
+        # folder of its own because the converter also writes a `latest_universal` file next to its output.
+        scratch = folder.parent / f".reshard_{folder.name}"
+        universal = scratch / folder.name
+        failure = [None]  # rank 0's conversion error, sent to every rank so none waits for a load that cannot come
+        if self.dist.rank == 0:
+            shutil.rmtree(scratch, ignore_errors=True)  # left by a resume that was interrupted
+            try:
+                convert_to_universal(folder, universal)
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                failure = [f"{type(e).__name__}: {e}"]
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise RuntimeError(f"resharding {folder}: DeepSpeed's universal-checkpoint conversion failed on rank 0: "
+                               f"{failure[0]}")
+        # DeepSpeed 0.19.8 reads checkpoint.load_universal only inside load_checkpoint (through
+        # engine.load_universal_checkpoint()), so switching it on for this one load equals building the engine with it.
+        config = self.engine._config
+        config.load_universal_checkpoint = True
+        try:
+            if not self.engine.load_universal_checkpoint():
+                raise RuntimeError(f"DeepSpeed {deepspeed_version()} no longer takes checkpoint.load_universal from "
+                                   "engine._config.load_universal_checkpoint; update OptimizedModel._load_resharded")
+            loaded, _ = self.engine.load_checkpoint(str(universal.parent), tag=universal.name,
+                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+        finally:
+            config.load_universal_checkpoint = False
+        dist.barrier()
+        if self.dist.rank == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if loaded is None:
+            raise UserError(f"DeepSpeed could not load the resharded checkpoint in {folder}")
 
     def release_gathered(self) -> None:
         """A no-grad ZeRO-3 forward leaves parameters gathered; re-partition them before generating."""
@@ -285,6 +334,44 @@ def refuse_unsafe_pickles(folder: Path) -> None:
     each file is loaded once with weights_only=True first (tensor storage memory-mapped, not read), which
     refuses pickled code instead of running it; only then does DeepSpeed read it."""
     check_weights_only(sorted(Path(folder).glob("*.pt")), deepspeed_checkpoint_classes())
+
+
+def deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
+
+
+def zero_partitions(folder: Path) -> int:
+    """How many ranks wrote the ZeRO 1-3 optimizer shards in a `save_state` folder (one file each); 0 for ZeRO-0,
+    whose optimizer state is saved whole."""
+    return len(list(folder.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def convert_to_universal(folder: Path, out: Path) -> None:
+    """DeepSpeed's universal checkpoint of a ZeRO 1-3 `save_state` folder, written to `out` (one process; the
+    converter also writes the file `latest_universal` into out's parent).
+
+    The converter prints a line per phase and progress bars; they are kept out of the run's output and
+    shown only when it fails. ZeRO 1-2 folders lack the Megatron-style `universal_checkpoint_info`
+    that the converter checks for; `inject_missing_state` adds the empty default it needs.
+    """
+    import io
+    import sys
+    import types
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    args = types.SimpleNamespace(input_folder=str(folder), output_folder=str(out), num_extract_workers=1,
+                                 num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    log = io.StringIO()
+    try:
+        with redirect_stdout(log), redirect_stderr(log):
+            ds_to_universal(args)
+    except Exception:
+        sys.stderr.write(log.getvalue()[-4000:])
+        raise
 
 
 def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:

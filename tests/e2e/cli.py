@@ -25,9 +25,11 @@ def cli_env(extra_pythonpath: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], torchrun: bool, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env: dict[str, str], torchrun: bool, timeout: int = 600,
+            nproc: int = 2) -> subprocess.CompletedProcess:
+    """`args` under `torchrun --nproc_per_node nproc` (or plain python, one process), from the repo root."""
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     else:
         cmd = [sys.executable, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,7 +1,8 @@
 """End-to-end checkpoints under torchrun (2 ranks, ZeRO-3): exact resume (metrics and weights, of PPO with its
 critic, dynamic sampling and the vLLM engine when it is installed; the warm-up schedule, an epoch boundary and
-the evaluation cadence), a SIGKILL during a save, a resume on another
-number of ranks refused with a clear error, and export of a checkpoint to a Hugging Face folder.
+the evaluation cadence), a SIGKILL during a save, a resume on a number of ranks that cannot split the global
+batch refused with a clear error (test_resume_reshard.py resumes on other numbers that can), and export of a
+checkpoint to a Hugging Face folder.
 """
 from __future__ import annotations
 
@@ -71,13 +72,15 @@ def test_resume_repeats_the_uninterrupted_run(uninterrupted, tiny_dir, reward_pl
         torch.testing.assert_close(ends[1][name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_resume_on_another_number_of_ranks_is_a_clear_error(uninterrupted, tiny_dir, tmp_path):
-    # saved by 2 ranks, resumed by 1 process: refused before training, naming both world sizes
+def test_resume_on_ranks_that_cannot_split_the_global_batch_is_a_clear_error(uninterrupted, tiny_dir, tmp_path):
+    # saved by 2 ranks with train.prompts_per_step=8; 3 ranks cannot split 8 prompts (8 % 3 = 2): refused before
+    # any engine loads, naming both world sizes and the numbers of ranks that would work (divisors of 8)
     checkpoint = uninterrupted / "checkpoints" / "step_00000004"
     result = run_cli(["launch/run.py", RECIPE, *tiny_overrides(tiny_dir, tmp_path / "run"), "train.max_steps=5",
-                      f"checkpoint.resume={checkpoint}"], cli_env(), torchrun=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-4000:]
-    assert f"checkpoint {checkpoint} was saved by 2 ranks, this run has 1" in result.stderr, result.stderr[-4000:]
+                      f"checkpoint.resume={checkpoint}"], cli_env(), torchrun=True, nproc=3)
+    assert result.returncode != 0 and "error: checkpoint" in result.stderr, result.stderr[-4000:]
+    assert (f"checkpoint {checkpoint} was saved by 2 ranks and this run has 3" in result.stderr
+            and "resume on a number of ranks that divides it (1, 2, 4, 8)" in result.stderr), result.stderr[-4000:]
 
 
 def test_exported_checkpoint_equals_the_trained_model(uninterrupted, tmp_path):

@@ -268,6 +268,23 @@ def test_cursor_round_trip_equals_an_uninterrupted_pass(k, tmp_path):
     assert [[r.index for r in single.next_batch()] for _ in range(steps - k)] == [a + b for a, b in uninterrupted[k:]]
 
 
+def test_cursor_saved_by_one_rank_continues_on_two():
+    # 10 records, 4 per step: one rank takes 2 steps (offset 8), then 2 ranks split steps 3-4 (the rest of epoch 0
+    # and the start of epoch 1) exactly as the one rank would have taken them whole
+    records = _records(10)
+    single = PromptSampler(records, 4, 0, 1, seed=4)
+    for _ in range(2):
+        single.next_batch()
+    state = json.loads(json.dumps(single.state_dict()))
+    assert (state["epoch"], state["offset"]) == (0, 8)
+    ranks = [PromptSampler(records, 4, rank, 2, seed=4) for rank in range(2)]
+    for sampler in ranks:
+        sampler.load_state_dict(state)
+    for _ in range(2):
+        halves = [[r.index for r in sampler.next_batch()] for sampler in ranks]
+        assert halves[0] + halves[1] == [r.index for r in single.next_batch()]
+
+
 def test_cursor_from_other_data_or_seed_is_refused():
     a = PromptSampler(_records(7), 4, 0, 1, seed=5)
     a.next_batch()
