@@ -95,7 +95,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl"):
             _keep_steps_up_to(self.run_dir / name, start_step)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._samples = open(self.run_dir / "samples.jsonl", "a")
@@ -139,6 +139,15 @@ class MetricsWriter:
         results = {label: r for label, r in results.items() if int(label.split()[-1]) < step}  # a resumed run redoes later ones
         results[f"step {step}"] = metrics
         path.write_text(json.dumps(results, indent=1))
+
+    def log_eval_samples(self, step: int, samples: list[dict]) -> None:
+        """A few greedy evaluation completions (rank 0's) to LOG_DIR/eval_samples.jsonl: the same held-out
+        prompts at every evaluation, so the report can show one before and after training."""
+        if not self.enabled or not samples:
+            return
+        with open(self.run_dir / "eval_samples.jsonl", "a") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **sample}, default=str) + "\n")
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled or not samples:

@@ -316,6 +316,7 @@ class Trainer:
         metrics = self.evaluator.run(self.rollout)
         training_mode(self.rollout)
         writer.log_eval(step, metrics)
+        writer.log_eval_samples(step, self.evaluator.samples)
         writer.message(f"evaluation at step {step}:\n{format_table(metrics)}")
         return metrics
 

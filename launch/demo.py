@@ -3,7 +3,10 @@
 Builds (or reuses) the tiny Countdown base model (launch/build_base.py), trains it with GRPO under
 `torchrun --nproc_per_node 2` with recipes/countdown_tiny.yaml, which evaluates greedy accuracy on
 the held-out Countdown problems before the first step and after the last, then prints the
-before/after table and writes RUN_DIR/summary.json (accuracy_before, accuracy_after, minutes).
+before/after table and writes RUN_DIR/summary.json: accuracy_before, accuracy_after, minutes, and
+R1-Zero's other two signs, response_length and reflection_rate (the share of responses that re-check
+themselves) over the first and the last 20 steps, plus one held-out prompt's greedy completions before
+and after (example). RUN_DIR/report.md opens with the figure of all three against step.
 
     python launch/demo.py [--run-dir runs/demo] [section.key=value ...]   (overrides go to the recipe)
 """
@@ -24,6 +27,7 @@ from grpo.device import HOST_ACCELERATOR  # noqa: E402  (the demo runs on the ho
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/countdown_tiny.yaml"
 BENCHMARK = "countdown_test"  # the stem of eval.files in the recipe
+SIGNATURE_STEPS = 20  # response length and re-checking compared over the first and the last this many steps
 
 
 def main(argv: list[str]) -> int:
@@ -50,9 +54,15 @@ def main(argv: list[str]) -> int:
     minutes = (time.time() - start) / 60
     evals_path = run_dir / "eval.json"
     summary = summarize(json.loads(evals_path.read_text()) if evals_path.exists() else {}, minutes)
+    summary.update(signature(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nheld-out Countdown, {summary['problems']} problems (step 0 -> step {summary['steps']}):")
     print(before_after_table(summary))
+    if "response_length" in summary:
+        length, checks = summary["response_length"], summary["reflection_rate"]
+        print(f"\ntraining samples, mean of the first {SIGNATURE_STEPS} steps -> the last {SIGNATURE_STEPS}: response "
+              f"length {length['first']:.1f} -> {length['last']:.1f} tokens ({100 * length['change']:+.0f}%), "
+              f"responses that re-check {100 * checks['first']:.1f}% -> {100 * checks['last']:.1f}%")
     print(f"\n{minutes:.1f} minutes; summary: {run_dir / 'summary.json'}; report: {run_dir / 'report.md'}; "
           f"curves: tensorboard --logdir {args.run_dir}")
     return 0
@@ -68,6 +78,28 @@ def summarize(evals: dict[str, dict[str, float]], minutes: float) -> dict:
     return {"accuracy_before": before[key], "accuracy_after": after[key], "minutes": round(minutes, 2),
             "problems": int(after[f"eval/{BENCHMARK}/n"]), "steps": int(labels[-1].split()[-1]),
             "before": before, "after": after}
+
+
+def signature(run_dir: Path) -> dict:
+    """R1-Zero's other two curves, from metrics.jsonl: mean response length and the share of responses with
+    reflection words (grpo.metrics.REFLECTION_WORDS), over the first and the last SIGNATURE_STEPS steps; and the
+    greedy completions of one held-out prompt before and after (grpo.report.before_after)."""
+    from grpo.report import before_after
+
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    out: dict = {}
+    if len(rows) >= 2 * SIGNATURE_STEPS:
+        for key, name in (("response/length_mean", "response_length"), ("response/reflection_rate", "reflection_rate"),
+                          ("reward/accuracy", "train_accuracy")):
+            first = sum(r[key] for r in rows[:SIGNATURE_STEPS]) / SIGNATURE_STEPS
+            last = sum(r[key] for r in rows[-SIGNATURE_STEPS:]) / SIGNATURE_STEPS
+            out[name] = {"first": first, "last": last, "change": (last - first) / first if first else None,
+                         "steps": SIGNATURE_STEPS}
+    pair = before_after(run_dir)
+    if pair is not None:
+        out["example"] = {"before": pair[0], "after": pair[1]}
+    return out
 
 
 def before_after_table(summary: dict) -> str:

@@ -124,8 +124,12 @@ class Attempt(NamedTuple):
     @property
     def work(self) -> str:
         """Both steps written out, e.g. "7+3=10,10*2=20"."""
+        return self.written(self.value)
+
+    def written(self, result: int) -> str:
+        """Both steps written out with `result` as the second step's result (a slip when it is not self.value)."""
         step2 = f"{self.z}{self.op2}{self.step1}" if self.z_first else f"{self.step1}{self.op2}{self.z}"
-        return f"{self.x}{self.op1}{self.y}={self.step1},{step2}={self.value}"
+        return f"{self.x}{self.op1}{self.y}={self.step1},{step2}={result}"
 
 
 def _apply(a: int, op: str, b: int) -> int | None:
@@ -162,6 +166,7 @@ def countdown_attempts(nums: list[int], max_value: int = MAX_TARGET, step2_ops: 
 def worked_completion(
     nums: list[int], target: int, rng: random.Random, hit_rate: float = 0.3, continue_rate: float = 0.4,
     max_tries: int = 3, max_value: int = MAX_TARGET, step2_ops: str = _OPS, expression_rate: float = 1.0,
+    slip_rate: float = 0.0, check_rate: float = 0.0,
 ) -> tuple[str, bool] | None:
     """A worked attempt at a task as the text after the prompt's "<think>", and whether its answer is right.
 
@@ -179,6 +184,13 @@ def worked_completion(
         </think>
         <answer> (7*3)-2 </answer>
 
+    A searcher in a hurry also slips: with probability `slip_rate` a wrong try's last step is written
+    as reaching the target ("7+3=10,10*2=19"), a hit it believes in. With probability `check_rate` it
+    re-checks a try that reached the target before answering, computing both steps again; the check
+    confirms a real hit ("verify 7*3=21,21-2=19 ok") and catches a slip ("verify 7+3=10,10*2=20 wait"),
+    after which it tries again. An unchecked slip is answered, and wrong. So the texts that check are
+    right more often, while most do not check: checking is the rare habit that pays.
+
     The restatement copies the prompt's " [7, 3, 2]" token for token, which a small model learns
     early (an induction copy); the tries then read the numbers from there, a line away, rather
     than from a hundred tokens back in the prompt. Tries are countdown_attempts(nums, max_value,
@@ -189,20 +201,32 @@ def worked_completion(
     misses = [a for a in attempts if a.value != target]
     if not hits:
         return None
-    misses = rng.sample(misses, min(max_tries, len(misses)))  # distinct wrong tries, in the order tried
-    tries: list[Attempt] = []
+    # distinct wrong tries, in the order tried (one spare for a try after a caught slip); random numbers are
+    # drawn for slips and checks only when they can happen, so zero rates write the same texts as before them
+    misses = rng.sample(misses, min(max_tries + (check_rate > 0), len(misses)))
+    lines: list[str] = []
+    tries = 0
     while True:
-        if rng.random() < hit_rate or not misses:
-            tries.append(rng.choice(hits))
+        tries += 1
+        real_hit = rng.random() < hit_rate or not misses
+        attempt = rng.choice(hits) if real_hit else misses.pop()
+        slipped = not real_hit and slip_rate > 0 and rng.random() < slip_rate
+        result = target if slipped else attempt.value
+        lines.append(attempt.written(result))
+        if result == target:  # a hit, real or believed
+            if check_rate <= 0 or rng.random() >= check_rate:
+                break
+            lines[-1] += f"\nverify {attempt.work} " + ("ok" if real_hit else "wait")
+            if real_hit:
+                break
+            continue  # a caught slip: try again (a check does not count against max_tries)
+        if tries >= max_tries or rng.random() >= continue_rate:
             break
-        tries.append(misses.pop())
-        if len(tries) >= max_tries or rng.random() >= continue_rate:
-            break
-    work = "".join(f"\n{a.work}" for a in tries)
+    work = "".join(f"\n{line}" for line in lines)
     as_expression = rng.random() < expression_rate
-    answer = tries[-1].expression if as_expression else str(tries[-1].value)
+    answer = attempt.expression if as_expression else str(result)
     text = f" {[int(n) for n in nums]} -> {target}{work}\n</think>\n<answer> {answer} </answer>"
-    return text, as_expression and tries[-1].value == target
+    return text, as_expression and attempt.value == target
 
 
 def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:

@@ -34,10 +34,14 @@ TRY_RE = re.compile(r"(\d+)([-+*/])(\d+)=(\d+),(\d+)([-+*/])(\d+)=(\d+)")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
 
 
+VERIFY_RE = re.compile(r"verify (\d+)([-+*/])(\d+)=(\d+),(\d+)([-+*/])(\d+)=(\d+) (ok|wait)")
+
+
 def test_worked_attempts_are_well_formed_and_honest():
-    rows = make_countdown_rows(400, seed=5, **bb.TASK)
+    rows = make_countdown_rows(1200, seed=5, **bb.TASK)
     rng = random.Random(0)
-    right = total = hits = expressions = 0
+    total = hits = expressions = 0
+    right_by_checking = {True: [0, 0], False: [0, 0]}  # checked or not -> [right, answered with an expression]
     for row in rows:
         worked = worked_completion(row["nums"], row["target"], rng, **bb.WORK)
         if worked is None:  # no two-step try with a + or - second step reaches this target
@@ -45,39 +49,72 @@ def test_worked_attempts_are_well_formed_and_honest():
             continue
         text, correct = worked
         total += 1
-        right += correct
         # The "correct" flag is what the reward says, and the format is TinyZero's.
         assert correct == verify_countdown(text, row["reward_model"]["ground_truth"]), text
         m = TEXT_RE.fullmatch(text)
         assert m, text
         assert [int(g) for g in m.groups()[:4]] == [*row["nums"], row["target"]]  # the restatement is exact
-        tries = m.group(5).strip("\n").split("\n")
-        assert 1 <= len(tries) <= bb.WORK["max_tries"]
-        values = []
-        for line in tries:
+        lines = m.group(5).strip("\n").split("\n")
+        tries, checked = [], False
+        for i, line in enumerate(lines):
+            check = VERIFY_RE.fullmatch(line)
+            if check:  # a check re-computes the try above it, truly, and says whether it reached the target
+                checked = True
+                x, op1, y, v1, a, op2, b, v2, verdict = check.groups()
+                assert tries[-1][:7] == (x, op1, y, v1, a, op2, b), (lines[i - 1], line)
+                assert OPS[op2](int(a), int(b)) == int(v2), line
+                assert tries[-1][7] == str(row["target"]), text  # only a try that claims the target is checked
+                assert verdict == ("ok" if int(v2) == row["target"] else "wait"), line
+                if verdict == "wait":
+                    assert i + 1 < len(lines), text  # a caught slip is followed by another try
+                continue
             x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line).groups()
-            assert OPS[op1](int(x), int(y)) == int(v1) and 0 <= int(v1) <= 99, line  # every step is true
-            assert OPS[op2](int(a), int(b)) == int(v2) and op2 in "+-", line
+            assert OPS[op1](int(x), int(y)) == int(v1) and 0 <= int(v1) <= 99, line  # step one is always true
+            # step two is true, or a slip that claims the target
+            assert OPS[op2](int(a), int(b)) == int(v2) or int(v2) == row["target"], line
+            assert op2 in "+-", line
             z = int(b) if a == v1 else int(a)  # step two combines step one's value with the third number
             assert sorted([int(x), int(y), z]) == sorted(row["nums"]), line
-            values.append(int(v2))
-        # It stops at its first hit, and answers its last try: as an expression or as the value reached.
-        assert all(v != row["target"] for v in values[:-1])
-        hit = values[-1] == row["target"]
-        hits += hit
-        if m.group(6).isdigit():
-            assert int(m.group(6)) == values[-1] and not correct
+            tries.append((x, op1, y, v1, a, op2, b, v2))
+        claimed = [int(t[7]) == row["target"] for t in tries]
+        # It goes on after a miss or a caught slip, stops at a hit it believes (checked ok or not checked).
+        last_true = OPS[tries[-1][5]](int(tries[-1][4]), int(tries[-1][6]))
+        hits += last_true == row["target"]
+        if lines[-1].endswith("wait"):
+            raise AssertionError(text)
+        answer = m.group(6)
+        if answer.isdigit():
+            assert int(answer) == int(tries[-1][7]) and not correct
             continue
         expressions += 1
-        assert hit == correct
-        last = TRY_RE.fullmatch(tries[-1]).groups()
-        assert m.group(6).replace("(", "").replace(")", "") in {
-            f"{last[0]}{last[1]}{last[2]}{last[5]}{last[6] if last[4] == last[3] else last[4]}",
-            f"{last[4]}{last[5]}{last[0]}{last[1]}{last[2]}"}
-    # hit 0.3 per try, 0.4 to try again, at most 3 tries: 0.3 * (1 + 0.28 + 0.28^2) = 0.41 end at a hit;
-    # the answer is an expression with probability expression_rate (0.3): 0.41 * 0.3 = 0.12 right.
-    assert total > 250 and 0.33 < hits / total < 0.49
-    assert 0.22 < expressions / total < 0.38 and 0.07 < right / total < 0.18
+        assert correct == (last_true == row["target"])
+        right_by_checking[checked][0] += correct
+        right_by_checking[checked][1] += 1
+        assert all(not c for c in claimed[:-1]) or checked
+    checking = right_by_checking[True][1] / expressions
+    right_if_checked = right_by_checking[True][0] / right_by_checking[True][1]
+    right_if_not = right_by_checking[False][0] / right_by_checking[False][1]
+    # Per try: a real hit 0.3, a slip (a miss claimed as a hit) 0.7 x 0.3 = 0.21, so 0.51 of tries claim the
+    # target and 0.2 of those are checked: about 0.1-0.15 of the texts check. A check catches every slip, so
+    # a checked text ends at a real hit far more often: about 3 in 4, against 1 in 3 without a check (the
+    # unchecked claims are 0.21 / 0.51 = 41% slips, and give-ups after misses answer wrong).
+    assert total > 800 and 0.06 < checking < 0.2
+    assert right_if_checked > 0.6 and right_if_not < 0.45 and right_if_checked - right_if_not > 0.25
+    assert 0.22 < expressions / total < 0.38  # the answer is an expression with probability expression_rate (0.3)
+
+
+def test_without_slips_or_checks_every_step_is_true_and_nothing_is_checked():
+    work = dict(bb.WORK, slip_rate=0.0, check_rate=0.0)
+    rng = random.Random(1)
+    for row in make_countdown_rows(300, seed=6, **bb.TASK):
+        worked = worked_completion(row["nums"], row["target"], rng, **work)
+        if worked is None:
+            continue
+        lines = TEXT_RE.fullmatch(worked[0]).group(5).strip("\n").split("\n")
+        assert 1 <= len(lines) <= work["max_tries"] and "verify" not in worked[0]
+        for line in lines:
+            x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line).groups()
+            assert OPS[op1](int(x), int(y)) == int(v1) and OPS[op2](int(a), int(b)) == int(v2), line
 
 
 def test_short_view_keeps_each_tokens_position():

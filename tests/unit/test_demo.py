@@ -32,3 +32,38 @@ def test_summary_takes_the_first_and_last_evaluation_by_step_number():
 def test_summary_needs_an_evaluation_before_and_after():
     with pytest.raises(SystemExit, match="at the start and at the end"):
         demo.summarize({"step 180": metrics(0.3, 0.2)}, minutes=1.0)
+
+
+def write_run(run_dir: Path) -> None:
+    """40 logged steps: length 30 then 45 tokens, re-checking 5% then 50%; two evaluations with greedy samples."""
+    import json
+
+    rows = [{"step": s, "response/length_mean": 30.0 if s <= 20 else 45.0,
+             "response/reflection_rate": 0.05 if s <= 20 else 0.5, "reward/accuracy": 0.1 if s <= 20 else 0.4}
+            for s in range(1, 41)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "eval.json").write_text(json.dumps({"step 0": metrics(0.0, 0.05), "step 40": metrics(0.3, 0.25)}))
+    samples = [{"step": step, "benchmark": "countdown_test", "index": index, "prompt": "p", "response": f"r{step}-{index}",
+                "correct": correct, "ground_truth": {"target": 19}}
+               for step, index, correct in [(0, 0, False), (0, 1, False), (40, 0, False), (40, 1, True)]]
+    (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+
+
+def test_summary_holds_the_other_two_signs_and_an_example(tmp_path):
+    write_run(tmp_path)
+    out = demo.signature(tmp_path)
+    # means of steps 1-20 and 21-40: length 30 -> 45 is +50%; re-checking 0.05 -> 0.5
+    assert out["response_length"] == {"first": 30.0, "last": 45.0, "change": 0.5, "steps": 20}
+    assert out["reflection_rate"]["first"] == pytest.approx(0.05) and out["reflection_rate"]["last"] == 0.5
+    # the example is the prompt whose greedy verdict changed (index 1), before and after
+    assert out["example"]["before"]["response"] == "r0-1" and out["example"]["after"]["response"] == "r40-1"
+
+
+def test_the_report_opens_with_the_signature_figure_and_the_example(tmp_path):
+    from grpo.report import write_report
+
+    write_run(tmp_path)
+    report = write_report(tmp_path).read_text()
+    assert report.index("plots/signature.png") < report.index("## One held-out prompt")
+    assert (tmp_path / "plots" / "signature.png").stat().st_size > 10_000
+    assert "step 0 (wrong):" in report and "step 40 (right):" in report and "r40-1" in report
