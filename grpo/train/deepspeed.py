@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from grpo.config import Config
-from grpo.device import DistInfo, torch_dtype
+from grpo.device import DistInfo, is_host, torch_dtype
 from grpo.errors import UserError
 from grpo.lora import adapter_weights, add_adapters, merged_state, saved_config
 from grpo.safe_load import check_weights_only, load_weights_only
 from grpo.types import MicroBatch
+from grpo.train.shared_gather import SharedMemoryGather, usable as shared_memory_usable
 from grpo.train.packing import FlopModel, forward_layout, layout_flops, layout_logprobs, use_row_packing
 
 
@@ -193,6 +194,8 @@ class DeepSpeedTrainEngine(OptimizedModel):
                          cfg.train.warmup_steps)
         self._flops = FlopModel.from_config(model.config) if cfg.train.pack_prompts else None
         self.packs_rows = self._flops is not None and self._flops.row_packing
+        self._shared_gather = (SharedMemoryGather(dist.rank, dist.world_size)
+                               if stage == 3 and is_host(dist.device) and shared_memory_usable(dist.world_size) else None)
         self._flop_counter = self._flops or FlopModel.from_config(model.config)
         self.forward_flops = {"computed": 0.0, "needed": 0.0}
         self.ref_engine = None
@@ -252,6 +255,8 @@ class DeepSpeedTrainEngine(OptimizedModel):
         """Context in which the given (possibly ZeRO-3 sharded) parameters are whole on every rank."""
         if self.cfg.train.zero_stage != 3:
             return contextlib.nullcontext()
+        if self._shared_gather is not None:  # ranks on one host, in host memory: through shared memory
+            return self._shared_gather.gathered(params)
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
