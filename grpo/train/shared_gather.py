@@ -18,7 +18,7 @@ never outlives the processes. It grows (a new file) when a larger bucket comes.
 from __future__ import annotations
 
 import contextlib
-import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -29,9 +29,18 @@ ALIGN = 64  # bytes: each parameter's region starts on a cache line
 
 
 def usable(world_size: int) -> bool:
-    """Whether every rank of the world runs on this host (torchrun's LOCAL_WORLD_SIZE) and /dev/shm exists."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    return world_size > 1 and local == world_size and Path("/dev/shm").is_dir()
+    """Whether every rank of the world runs on this host and /dev/shm exists (collective).
+
+    Asked of the ranks themselves (host name and boot id): launchers' LOCAL_WORLD_SIZE cannot be trusted
+    here, as vLLM's CPU platform rewrites it in every process that builds an engine.
+    """
+    if world_size < 2 or not dist.is_initialized():
+        return False
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    host = (socket.gethostname(), boot.read_text().strip() if boot.exists() else "", Path("/dev/shm").is_dir())
+    hosts = [None] * world_size
+    dist.all_gather_object(hosts, host)
+    return all(h == host for h in hosts) and host[2]
 
 
 class SharedMemoryGather:
