@@ -93,7 +93,10 @@ def run_ours(args, folder: Path, data: Path, engine: str) -> dict:
         uneven = _uneven_lengths()
         uneven.install_transformers_hook(trainer.rollout.model, _eos_id(folder), args.max_new_tokens)
     seen = _record_rollout_lengths()
-    steps, cpu, phases, lengths, padding = [], [], [], [], []
+    copy_bytes_per_s = _copy_bandwidth()
+    weight_bytes = sum(t.numel() * t.element_size() for t in
+                       {p.data_ptr(): p for p in trainer.policy.engine.module.parameters()}.values())
+    steps, cpu, phases, lengths, padding, decode = [], [], [], [], [], []
     for i in range(1 + args.steps):  # the first is the warm-up
         trainer.step += 1
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -106,8 +109,29 @@ def run_ours(args, folder: Path, data: Path, engine: str) -> dict:
             lengths.append(metrics["response/length_mean"])
             padding.append({"ours": metrics["train/padding_flops_share"],
                             **_padding_shares_before(trainer, seen[-1], args.micro_batch)})
+            # lock-step decoding (and vLLM with every request submitted at once) runs as many decode steps
+            # as the longest completion; each must read every weight once
+            completion_lengths = [n for group in seen[-1][1] for n in group]
+            bound_s = max(completion_lengths) * weight_bytes / copy_bytes_per_s
+            decode.append({"tokens": sum(completion_lengths), "generate_s": metrics["time/generate"],
+                           "bound_s": bound_s})
     return {"step_s": steps, "cpu_s": cpu, "phases": phases, "length_mean": statistics.mean(lengths),
-            "padding": padding}
+            "padding": padding, "decode": decode, "copy_gb_per_s": copy_bytes_per_s / 1e9,
+            "weight_mb": weight_bytes / 2**20}
+
+
+def _copy_bandwidth(nbytes: int = 256 * 2**20) -> float:
+    """Bytes per second of a plain copy_ between two large tensors (the median of 5, after one warm-up)."""
+    import torch
+
+    source, target = torch.ones(nbytes // 4), torch.empty(nbytes // 4)
+    target.copy_(source)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - start)
+    return nbytes / statistics.median(times)
 
 
 def _uneven_lengths():
@@ -316,6 +340,14 @@ def main() -> None:
         entry = {"median_s": round(ours_s, 3), "median_cpu_s": round(ours_cpu, 3), "phases_s": phases,
                  "length_mean": round(statistics.mean(r["length_mean"] for r in runs), 1),
                  "padding_flops_share": {k: round(statistics.mean(p[k] for p in padding), 3) for k in padding[0]}}
+        decode = [d for run in runs for d in run["decode"]]
+        generate_s = sum(d["generate_s"] for d in decode)
+        entry["decode"] = {"tokens_per_s": round(sum(d["tokens"] for d in decode) / generate_s, 1),
+                           "weight_mb": round(runs[0]["weight_mb"], 1),
+                           "copy_gb_per_s": round(statistics.median(r["copy_gb_per_s"] for r in runs), 2),
+                           "bandwidth_bound_s": round(sum(d["bound_s"] for d in decode) / len(decode), 3),
+                           "generate_s": round(generate_s / len(decode), 3),
+                           "bound_over_actual": round(sum(d["bound_s"] for d in decode) / generate_s, 3)}
         if trl_s:
             entry["ratio_vs_trl"] = round(ours_s / trl_s, 3)
             entry["cpu_ratio_vs_trl"] = round(ours_cpu / trl_cpu, 3)
