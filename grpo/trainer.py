@@ -188,8 +188,10 @@ class Trainer:
             return None
         lengths = [(len(record.prompt_ids), len(c.token_ids)) for record, group in zip(rollout.prompts, rollout.groups)
                    for c in group]
-        # row-packed forwards cost their real tokens, each distinct prompt once: the budget counts those
-        groups = [i for i, group in enumerate(rollout.groups) for _ in group] if self.policy.packs_rows else None
+        # row-packed forwards cost their real tokens, each distinct prompt once: the budget counts those (a critic's
+        # forwards are not row-packed, so with one the micro-batches keep the padded size the critic will run)
+        packed = self.policy.packs_rows and self.critic is None
+        groups = [i for i, group in enumerate(rollout.groups) for _ in group] if packed else None
         bounds = token_budget_bounds(lengths, t.micro_batch_tokens, t.micro_batch_size, groups)
         count = reduce_across_ranks({}, {"micro_batches": len(bounds)}, self.dist.device)["micro_batches"]
         return split_to_count(bounds, int(count), lengths, groups)
