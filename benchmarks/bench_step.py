@@ -19,6 +19,17 @@ ours one `Trainer.train_step()` (generate, score, logprobs, train, sync), for TR
 `on_step_end` callbacks. It prints one JSON line: per engine our median, TRL's median, their ratio
 (ours / TRL) in wall-clock and in CPU seconds (the process's CPU time, steadier on a shared machine),
 our median phase breakdown and the mean completion length each side generated.
+
+--lengths uneven gives every side the same long-tailed distribution of completion lengths (a Pareto
+tail up to the cap, benchmarks/uneven_lengths.py: most stop early, one in nine reaches the cap).
+--micro-batch-tokens cuts our micro-batches by packed tokens (train.micro_batch_tokens) instead of 16
+sequences; set it to TRL's padded micro-batch, 16 x (prompt + cap), for the same activation memory.
+Per engine the line also reports `padding_flops_share`: the share of training-forward FLOPs spent on
+padding and masked-out attention pairs, for what ran ("ours"), for the same sequences as the code
+before row packing laid them out ("before": 16 sequences per micro-batch, each distinct prompt once
+per row where cheaper) and fully padded as TRL pads them ("padded"); and `decode`: decoded tokens per
+second of generation against the memory-bandwidth bound, weight bytes x decode steps (the longest
+completion) over the bandwidth of a plain copy (bytes read plus written), as `bound_over_actual`.
 """
 from __future__ import annotations
 
