@@ -44,7 +44,8 @@ MAX_MASK_ELEMENTS = 2**28
 MIN_SAVING = 0.1
 
 
-# The attention implementation name under which packed_attention is registered with transformers.
+# The attention implementation names under which packed_attention is registered with transformers: this
+# prefix and the implementation it wraps ("grpo_packed_sdpa"), whose mask function the name keeps.
 PACKED_ATTENTION = "grpo_packed"
 
 
@@ -101,13 +102,14 @@ class FlopModel:
         linear = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * i  # q, o, k, v, gate/up/down
         kinds = {"sdpa": "bool", "eager": "additive"}
         attention = getattr(config, "_attn_implementation", None) or "eager"
-        if attention == PACKED_ATTENTION:  # use_row_packing installed it over the model's own implementation
+        packed = attention.startswith(PACKED_ATTENTION + "_")
+        if packed:  # use_row_packing installed it over the model's own implementation
             attention = config._grpo_inner_attention
         mask_kind = kinds.get(attention, "")
         layer_types = getattr(config, "layer_types", None) or []
         if any(kind != "full_attention" for kind in layer_types):
             mask_kind = ""  # a 4-D mask would replace the sliding-window masks of those layers
-        row_packing = mask_kind != "" and getattr(config, "_attn_implementation", None) == PACKED_ATTENTION
+        row_packing = mask_kind != "" and packed
         return cls(per_token=2.0 * layers * linear, per_pair=4.0 * layers * heads * head_dim,
                    per_logit_row=2.0 * h * config.vocab_size, mask_kind=mask_kind, row_packing=row_packing)
 
@@ -344,13 +346,14 @@ def use_row_packing(model) -> bool:
 
     config = model.config
     inner = getattr(config, "_attn_implementation", None) or "eager"
-    if inner == PACKED_ATTENTION:
+    if inner.startswith(PACKED_ATTENTION + "_"):
         return True
     if not FlopModel.from_config(config).mask_kind:
         return False
-    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
-    AttentionMaskInterface.register(PACKED_ATTENTION, AttentionMaskInterface._global_mapping[inner])
-    model.set_attn_implementation(PACKED_ATTENTION)
+    name = f"{PACKED_ATTENTION}_{inner}"
+    AttentionInterface.register(name, packed_attention)
+    AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[inner])
+    model.set_attn_implementation(name)
     for module in model.modules():  # every config object the model holds, sub-configs included
         if hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
             module.config._grpo_inner_attention = inner
