@@ -19,6 +19,17 @@ ours one `Trainer.train_step()` (generate, score, logprobs, train, sync), for TR
 `on_step_end` callbacks. It prints one JSON line: per engine our median, TRL's median, their ratio
 (ours / TRL) in wall-clock and in CPU seconds (the process's CPU time, steadier on a shared machine),
 our median phase breakdown and the mean completion length each side generated.
+
+--lengths uneven gives every side the same long-tailed distribution of completion lengths (a Pareto
+tail up to the cap, benchmarks/uneven_lengths.py: most stop early, one in nine reaches the cap).
+--micro-batch-tokens cuts our micro-batches by packed tokens (train.micro_batch_tokens) instead of 16
+sequences; set it to TRL's padded micro-batch, 16 x (prompt + cap), for the same activation memory.
+Per engine the line also reports `padding_flops_share`: the share of training-forward FLOPs spent on
+padding and masked-out attention pairs, for what ran ("ours"), for the same sequences as the code
+before row packing laid them out ("before": 16 sequences per micro-batch, each distinct prompt once
+per row where cheaper) and fully padded as TRL pads them ("padded"); and `decode`: decoded tokens per
+second of generation against the memory-bandwidth bound, weight bytes x decode steps (the longest
+completion) over the bandwidth of a plain copy (bytes read plus written), as `bound_over_actual`.
 """
 from __future__ import annotations
 
@@ -84,8 +95,19 @@ def run_ours(args, folder: Path, data: Path, engine: str) -> dict:
     cfg.log.dir = tempfile.mkdtemp(prefix="bench_step_")
     cfg.log.tensorboard, cfg.log.progress, cfg.log.samples_every = False, False, 0
     cfg.checkpoint.every_steps, cfg.checkpoint.save_final = 0, False
+    if args.micro_batch_tokens:  # cut by tokens (packed: real tokens), rows uncapped
+        cfg.train.micro_batch_size, cfg.train.micro_batch_tokens = PROMPTS * N, args.micro_batch_tokens
+    if args.lengths == "uneven" and engine == "vllm":
+        _vllm_with_uneven_lengths(folder, args.max_new_tokens)
     trainer = grpo.Trainer(cfg)
-    steps, cpu, phases, lengths = [], [], [], []
+    if args.lengths == "uneven" and engine == "hf":
+        uneven = _uneven_lengths()
+        uneven.install_transformers_hook(trainer.rollout.model, _eos_id(folder), args.max_new_tokens)
+    seen = _record_rollout_lengths()
+    copy_bytes_per_s = _copy_bandwidth()
+    weight_bytes = sum(t.numel() * t.element_size() for t in
+                       {p.data_ptr(): p for p in trainer.policy.engine.module.parameters()}.values())
+    steps, cpu, phases, lengths, padding, decode = [], [], [], [], [], []
     for i in range(1 + args.steps):  # the first is the warm-up
         trainer.step += 1
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -96,7 +118,103 @@ def run_ours(args, folder: Path, data: Path, engine: str) -> dict:
             cpu.append(elapsed_cpu)
             phases.append({k[5:]: v for k, v in metrics.items() if k.startswith("time/") and k != "time/step"})
             lengths.append(metrics["response/length_mean"])
-    return {"step_s": steps, "cpu_s": cpu, "phases": phases, "length_mean": statistics.mean(lengths)}
+            padding.append({"ours": metrics["train/padding_flops_share"],
+                            **_padding_shares_before(trainer, seen[-1], args.micro_batch)})
+            # lock-step decoding (and vLLM with every request submitted at once) runs as many decode steps
+            # as the longest completion; each must read every weight once
+            completion_lengths = [n for group in seen[-1][1] for n in group]
+            bound_s = max(completion_lengths) * weight_bytes / copy_bytes_per_s
+            decode.append({"tokens": sum(completion_lengths), "generate_s": metrics["time/generate"],
+                           "bound_s": bound_s})
+    return {"step_s": steps, "cpu_s": cpu, "phases": phases, "length_mean": statistics.mean(lengths),
+            "padding": padding, "decode": decode, "copy_gb_per_s": copy_bytes_per_s / 1e9,
+            "weight_mb": weight_bytes / 2**20}
+
+
+def _copy_bandwidth(nbytes: int = 256 * 2**20) -> float:
+    """Memory bandwidth by a plain copy_ between two large tensors: bytes read plus bytes written per second,
+    from the fastest of 5 (after a warm-up; the fastest, since other work on a shared machine only slows it)."""
+    import torch
+
+    source, target = torch.ones(nbytes // 4), torch.empty(nbytes // 4)
+    target.copy_(source)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - start)
+    return 2 * nbytes / min(times)
+
+
+def _uneven_lengths():
+    spec = importlib.util.spec_from_file_location("uneven_lengths", REPO / "benchmarks" / "uneven_lengths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eos_id(folder: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).eos_token_id
+
+
+def _vllm_with_uneven_lengths(folder: Path, cap: int) -> None:
+    """Our vLLM engine builds vllm.LLM: make it one that applies the uneven-lengths logits processor."""
+    import vllm
+
+    processor = _uneven_lengths().vllm_logits_processor(_eos_id(folder), cap)
+    base = vllm.LLM
+
+    class LLMWithUnevenLengths(base):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("logits_processors", [processor])
+            super().__init__(*args, **kwargs)
+
+    vllm.LLM = LLMWithUnevenLengths
+
+
+def _record_rollout_lengths() -> list:
+    """Each step's (prompt lengths, completion lengths per group), seen where the trainer builds micro-batches."""
+    import grpo.trainer
+
+    seen, build = [], grpo.trainer.build_micro_batches
+
+    def recording(prompts, groups, *args, **kwargs):
+        seen.append(([len(p.prompt_ids) for p in prompts], [[len(c.token_ids) for c in g] for g in groups]))
+        return build(prompts, groups, *args, **kwargs)
+
+    grpo.trainer.build_micro_batches = recording
+    return seen
+
+
+def _padding_shares_before(trainer, lengths, micro_batch: int) -> dict[str, float]:
+    """The padding share of forward FLOPs for this step's sequences as the code before row packing laid them
+    out (micro-batches of `micro_batch` sequences, each distinct prompt once per row where cheaper: "before")
+    and fully padded like TRL (the whole batch padded to its longest prompt and completion: "padded")."""
+    import torch
+
+    from grpo.batching import build_micro_batches
+    from grpo.train.packing import FlopModel, forward_layout, layout_flops, padded_layout
+    from grpo.types import Completion, PromptRecord
+
+    prompt_lengths, groups = lengths
+    prompts = [PromptRecord("", list(range(i * 1000 + 1, i * 1000 + 1 + n)), None, "x", i)
+               for i, n in enumerate(prompt_lengths)]
+    completions = [[Completion([7] * n, [0.0] * n, "", "stop") for n in g] for g in groups]
+    config = trainer.policy.model_config()
+    flops = FlopModel.from_config(config)
+    flops = FlopModel(flops.per_token, flops.per_pair, flops.per_logit_row, flops.mask_kind or "bool")
+    shares = {}
+    for name, size in (("before", micro_batch), ("padded", sum(map(len, groups)))):
+        computed = needed = 0.0
+        for mb in build_micro_batches(prompts, completions, size, 0, torch.device("cpu")):
+            # before row packing, forward_layout chose between these two (row_packing is off in `flops`)
+            layout = forward_layout(mb, flops) if name == "before" else padded_layout(mb)
+            c, n = layout_flops(flops, mb, layout)
+            computed, needed = computed + c, needed + n
+        shares[name] = 1.0 - needed / computed
+    return shares
 
 
 def run_trl(args, folder: Path, data: Path) -> dict:
@@ -134,6 +252,8 @@ def run_trl(args, folder: Path, data: Path) -> dict:
         dataloader_num_workers=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=str(folder), reward_funcs=[countdown_reward], args=config, train_dataset=dataset,
                           processing_class=AutoTokenizer.from_pretrained(folder), callbacks=[clock])
+    if args.lengths == "uneven":  # TRL generates with the training model itself
+        _uneven_lengths().install_transformers_hook(trainer.model, _eos_id(folder), args.max_new_tokens)
     trainer.train()
     # from the first step's end on: the warm-up step is excluded
     steps = [b[0] - a[0] for a, b in zip(clock.ends, clock.ends[1:])]
@@ -171,6 +291,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward, both sides")
+    parser.add_argument("--micro-batch-tokens", type=int, default=0,
+                        help="ours: cut micro-batches by this many (packed) tokens instead (train.micro_batch_tokens)")
+    parser.add_argument("--lengths", choices=["fixed", "uneven"], default="fixed",
+                        help="uneven: long-tailed completion lengths on every side (benchmarks/uneven_lengths.py)")
     parser.add_argument("--zero-stage", type=int, default=0, help="ours; TRL in one process uses no DeepSpeed")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="both sides")
     parser.add_argument("--no-pack", action="store_true", help="ours: train.pack_prompts=false")
@@ -205,7 +329,8 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     result = {"bench": "grpo_step", "model": args.model, "params_m": _params_m(folder), "device": args.device,
               "dtype": args.dtype, "prompts": PROMPTS, "n": N, "max_new_tokens": args.max_new_tokens,
-              "micro_batch": args.micro_batch, "zero_stage": args.zero_stage, "pack_prompts": not args.no_pack,
+              "micro_batch": args.micro_batch, "micro_batch_tokens": args.micro_batch_tokens,
+              "lengths": args.lengths, "zero_stage": args.zero_stage, "pack_prompts": not args.no_pack,
               "gradient_checkpointing": args.gradient_checkpointing, "threads": args.threads, "world_size": 1,
               "timed_steps_per_side": args.steps * args.rounds}
     trl_s = None
@@ -223,8 +348,18 @@ def main() -> None:
         ours_cpu = statistics.median(s for run in runs for s in run["cpu_s"])
         phases = {name: round(statistics.median(p[name] for run in runs for p in run["phases"]), 3)
                   for name in runs[0]["phases"][0]}
+        padding = [p for run in runs for p in run["padding"]]
         entry = {"median_s": round(ours_s, 3), "median_cpu_s": round(ours_cpu, 3), "phases_s": phases,
-                 "length_mean": round(statistics.mean(r["length_mean"] for r in runs), 1)}
+                 "length_mean": round(statistics.mean(r["length_mean"] for r in runs), 1),
+                 "padding_flops_share": {k: round(statistics.mean(p[k] for p in padding), 3) for k in padding[0]}}
+        decode = [d for run in runs for d in run["decode"]]
+        generate_s = sum(d["generate_s"] for d in decode)
+        entry["decode"] = {"tokens_per_s": round(sum(d["tokens"] for d in decode) / generate_s, 1),
+                           "weight_mb": round(runs[0]["weight_mb"], 1),
+                           "copy_gb_per_s": round(statistics.median(r["copy_gb_per_s"] for r in runs), 2),
+                           "bandwidth_bound_s": round(sum(d["bound_s"] for d in decode) / len(decode), 3),
+                           "generate_s": round(generate_s / len(decode), 3),
+                           "bound_over_actual": round(sum(d["bound_s"] for d in decode) / generate_s, 3)}
         if trl_s:
             entry["ratio_vs_trl"] = round(ours_s / trl_s, 3)
             entry["cpu_ratio_vs_trl"] = round(ours_cpu / trl_cpu, 3)

@@ -129,12 +129,24 @@ def run_one(model: str, engine: str, repeats: int, bucket_mb: int, lora: str = "
 
     plain_copy()
     copy_s = [timed(plain_copy) for _ in range(repeats)]
+    # where a full sync's time goes: the gather alone (no load), and the load alone (of already whole tensors)
+    gather_s = load_s = None
+    if lora == "off":
+        def gather_only():
+            with train.gathered(unique):
+                pass
+
+        whole = [(name, sources[[id(p) for p in unique].index(id(param))]) for name, param in named]
+        gather_s = statistics.median(timed(gather_only) for _ in range(repeats))
+        load_s = statistics.median(timed(lambda: rollout.load_weights(whole)) for _ in range(repeats))
     result = {"bench": "weight_sync", "model": model, "engine": engine, "lora": lora,
               "lora_rank": lora_rank if lora != "off" else 0, "world_size": info.world_size,
               "trainer_mb": round(trainer_mb, 1),
               "params_m": round(sum(t.numel() for t in sources) / 1e6, 2), "megabytes": round(sync_metrics["sync/megabytes"], 2),
               "bucket_mb": bucket_mb, "loads_per_sync": int(sync_metrics["sync/buckets"]), "repeats": repeats,
-              "sync_s": round(statistics.median(sync_s), 4), "copy_s": round(statistics.median(copy_s), 4)}
+              "sync_s": round(statistics.median(sync_s), 4), "copy_s": round(statistics.median(copy_s), 4),
+              "gather_s": round(gather_s, 4) if gather_s is not None else None,
+              "load_s": round(load_s, 4) if load_s is not None else None}
     result["ratio"] = round(result["sync_s"] / result["copy_s"], 1)
     return result
 

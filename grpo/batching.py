@@ -14,42 +14,58 @@ from grpo.config import AlgoConfig
 from grpo.types import Completion, MicroBatch, PromptRecord
 
 
-def token_budget_bounds(lengths: list[tuple[int, int]], budget: int, max_rows: int) -> list[tuple[int, int]]:
+def token_budget_bounds(lengths: list[tuple[int, int]], budget: int, max_rows: int,
+                        groups: list[int] | None = None) -> list[tuple[int, int]]:
     """[start, stop) ranges of consecutive sequences for micro-batches cut by a token budget.
 
-    `lengths` holds (prompt, completion) lengths in order. A range grows while its padded size, rows x
-    (longest prompt + longest completion), stays within `budget` and it has at most `max_rows` rows; a
-    sequence longer than the budget on its own gets a range of its own.
+    `lengths` holds (prompt, completion) lengths in order. A range grows while its size stays within
+    `budget` and it has at most `max_rows` rows; a sequence longer than the budget on its own gets a range
+    of its own. The size is the padded one, rows x (longest prompt + longest completion), or, with
+    `groups` (each sequence's prompt index: the row-packed layout of grpo/train/packing.py), the packed
+    one: each distinct prompt once plus every completion. Packed micro-batches carry no padding, so
+    consecutive sequences fill every range but the last to the budget in any order; keeping prompt-major
+    order (no sort by length) keeps a group's completions together, sharing their prompt.
     """
+    size = _range_size(lengths, groups)
     bounds: list[tuple[int, int]] = []
-    start, prompt_max, completion_max = 0, 0, 0
-    for i, (prompt, completion) in enumerate(lengths):
-        grown_p, grown_c = max(prompt_max, prompt), max(completion_max, completion)
-        if i > start and ((i - start + 1) * (grown_p + grown_c) > budget or i - start >= max_rows):
+    start = 0
+    for i in range(len(lengths)):
+        if i > start and (size(start, i + 1) > budget or i - start >= max_rows):
             bounds.append((start, i))
-            start, grown_p, grown_c = i, prompt, completion
-        prompt_max, completion_max = grown_p, grown_c
+            start = i
     if lengths:
         bounds.append((start, len(lengths)))
     return bounds
 
 
-def split_to_count(bounds: list[tuple[int, int]], count: int, lengths: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Halve the range of largest padded size (among those of 2+ rows) until there are `count` ranges.
+def _range_size(lengths: list[tuple[int, int]], groups: list[int] | None):
+    """size(start, stop) of a range of sequences: padded, or packed when `groups` is given."""
+    def padded(start: int, stop: int) -> int:
+        part = lengths[start:stop]
+        return len(part) * (max(p for p, _ in part) + max(c for _, c in part))
+
+    def packed(start: int, stop: int) -> int:
+        prompts = {groups[i]: lengths[i][0] for i in range(start, stop)}
+        return sum(prompts.values()) + sum(c for _, c in lengths[start:stop])
+
+    return padded if groups is None else packed
+
+
+def split_to_count(bounds: list[tuple[int, int]], count: int, lengths: list[tuple[int, int]],
+                   groups: list[int] | None = None) -> list[tuple[int, int]]:
+    """Halve the range of largest size (among those of 2+ rows; sized as token_budget_bounds does) until
+    there are `count` ranges.
 
     Under ZeRO-3 every forward and backward is a collective, so every rank must run as many
     micro-batches as the rank that needs the most; this is how the others get there.
     """
-    def padded(bound: tuple[int, int]) -> int:
-        part = lengths[bound[0]:bound[1]]
-        return len(part) * (max(p for p, _ in part) + max(c for _, c in part))
-
+    size = _range_size(lengths, groups)
     bounds = list(bounds)
     while len(bounds) < count:
         splittable = [i for i, (a, b) in enumerate(bounds) if b - a > 1]
         if not splittable:
             raise ValueError(f"cannot make {count} micro-batches of {len(lengths)} sequences")
-        i = max(splittable, key=lambda j: padded(bounds[j]))
+        i = max(splittable, key=lambda j: size(*bounds[j]))
         a, b = bounds[i]
         bounds[i:i + 1] = [(a, (a + b) // 2), ((a + b) // 2, b)]
     return bounds

@@ -120,7 +120,7 @@ class TrainConfig:
     micro_batch_size: int = 4
     """Sequences per forward/backward on one rank; gradients accumulate over the rest of the step."""
     micro_batch_tokens: int = 0
-    """When > 0, micro-batches are cut by tokens: consecutive sequences while rows x padded length stays within this (at most train.micro_batch_size rows); needs algo.mini_batches 1."""
+    """When > 0, micro-batches are cut by tokens: consecutive sequences while their size stays within this (row-packed: real tokens, each prompt once; else rows x padded length), at most train.micro_batch_size rows; needs algo.mini_batches 1."""
     lr: float = 1.0e-6
     """Peak learning rate of AdamW."""
     warmup_steps: int = 0
@@ -134,7 +134,7 @@ class TrainConfig:
     zero_stage: int = 3
     """DeepSpeed ZeRO stage 0-3 for the policy and the reference model."""
     pack_prompts: bool = True
-    """Training forwards lay each distinct prompt of a micro-batch out once, followed by its completions, when that saves FLOPs."""
+    """Training forwards pack a micro-batch's real tokens into one row, each distinct prompt once, no padding (models with global sdpa/eager attention); else each distinct prompt once per row when that saves FLOPs."""
     seed: int = 42
     """Seed of data order, sampling and initialisation."""
     max_skipped_steps: int = 3

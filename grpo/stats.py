@@ -167,6 +167,18 @@ class CriticStats(StepStats):
 
 
 @dataclass
+class ForwardFlopStats(StepStats):
+    """Forward FLOPs of the step's training forwards: what the layouts computed and what the tokens needed
+    (grpo.train.packing.layout_flops); the rest went to padding and masked-out attention pairs."""
+
+    computed: float = summed()
+    needed: float = summed()
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {"train/padding_flops_share": 1.0 - self.needed / self.computed if self.computed else 0.0}
+
+
+@dataclass
 class PhaseStats(StepStats):
     """Seconds and memory per phase ("time/generate", "memory/train_gb", ...), the slowest rank's."""
 

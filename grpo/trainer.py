@@ -33,7 +33,7 @@ from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reduce_
 from grpo.report import write_report
 from grpo.rewards import RewardFunction
 from grpo.rollout import build_rollout_engine
-from grpo.stats import CriticStats, PhaseStats, RolloutStats, UpdateStats
+from grpo.stats import CriticStats, ForwardFlopStats, PhaseStats, RolloutStats, UpdateStats
 from grpo.templates import stop_strings
 from grpo.types import MicroBatch, Rollout, SamplingSettings, sampling_seed
 from grpo.update import critic_update, policy_update
@@ -190,9 +190,13 @@ class Trainer:
             return None
         lengths = [(len(record.prompt_ids), len(c.token_ids)) for record, group in zip(rollout.prompts, rollout.groups)
                    for c in group]
-        bounds = token_budget_bounds(lengths, t.micro_batch_tokens, t.micro_batch_size)
+        # row-packed forwards cost their real tokens, each distinct prompt once: the budget counts those (a critic's
+        # forwards are not row-packed, so with one the micro-batches keep the padded size the critic will run)
+        packed = self.policy.packs_rows and self.critic is None
+        groups = [i for i, group in enumerate(rollout.groups) for _ in group] if packed else None
+        bounds = token_budget_bounds(lengths, t.micro_batch_tokens, t.micro_batch_size, groups)
         count = reduce_across_ranks({}, {"micro_batches": len(bounds)}, self.dist.device)["micro_batches"]
-        return split_to_count(bounds, int(count), lengths)
+        return split_to_count(bounds, int(count), lengths, groups)
 
     def _reference_and_old_logprobs(self, micro_batches: list[MicroBatch]) -> None:
         """Frozen reference logprobs (KL) and, when any update would not be on-policy, the old ones."""
@@ -241,7 +245,10 @@ class Trainer:
         """The step's statistics from every rank, as the logged metrics (a phase that did not run logs nothing)."""
         phases = PhaseStats(peaks={**timer.as_metrics(), "memory/peak_rss_gb": peak_rss_gb(),
                                    "memory/device_peak_gb": max_memory_allocated_gb()})
-        measured = [self._rollout_stats(rollout, advantages), phases, *(s for s in (update, critic) if s is not None)]
+        forward = ForwardFlopStats(**self.policy.forward_flops)
+        self.policy.forward_flops = {"computed": 0.0, "needed": 0.0}
+        measured = [self._rollout_stats(rollout, advantages), phases, forward,
+                    *(s for s in (update, critic) if s is not None)]
         reduced = reduce_stats(measured, self.dist.device)
         metrics = {key: value for stats in reduced for key, value in stats.metrics().items()}
         metrics["train/lr"] = self.policy.lr()

@@ -41,6 +41,8 @@ class TrainEngine(Protocol):
 
 class PolicyEngine(TrainEngine, Protocol):
     has_reference: bool  # a frozen reference model is loaded (algo.kl_coef > 0)
+    packs_rows: bool  # training forwards are row-packed (grpo/train/packing.py): micro-batches cost real tokens
+    forward_flops: dict[str, float]  # "computed" and "needed" forward FLOPs of policy_logprobs since the last reset
 
     def policy_logprobs(self, mb: MicroBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Token logprobs (with autograd) and entropies of the current policy, each [B, T]."""

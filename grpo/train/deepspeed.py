@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from grpo.config import Config
-from grpo.device import DistInfo, torch_dtype
+from grpo.device import DistInfo, is_host, torch_dtype
 from grpo.errors import UserError
 from grpo.lora import adapter_weights, add_adapters, merged_state, saved_config
 from grpo.safe_load import check_weights_only, load_weights_only
 from grpo.types import MicroBatch
-from grpo.train.packing import FlopModel, forward_layout, layout_logprobs
+from grpo.train.shared_gather import SharedMemoryGather, usable as shared_memory_usable
+from grpo.train.packing import FlopModel, forward_layout, layout_flops, layout_logprobs, use_row_packing
 
 
 def deepspeed_config(cfg: Config, stage: int, train: bool, grad_clip: float | None = None) -> dict:
@@ -229,6 +230,10 @@ class DeepSpeedTrainEngine(OptimizedModel):
             model = load_pretrained(cfg.model.path, dtype)
             # with LoRA the reference is the policy with its adapters disabled: no second copy of the base
             ref = load_pretrained(cfg.model.path, dtype) if self.has_reference and not self.lora else None
+        if cfg.train.pack_prompts:  # whole micro-batches in one row, no padding (grpo/train/packing.py)
+            for one in (model, ref):
+                if one is not None:
+                    use_row_packing(one)
         if self.lora:
             model = add_adapters(model, cfg.model.lora, cfg.train.seed, cfg.model.path)
         if gradient_checkpointing_on(cfg.model.gradient_checkpointing, model):
@@ -237,6 +242,11 @@ class DeepSpeedTrainEngine(OptimizedModel):
         super().__init__(model, dist, ds_train, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay,
                          cfg.train.warmup_steps)
         self._flops = FlopModel.from_config(model.config) if cfg.train.pack_prompts else None
+        self.packs_rows = self._flops is not None and self._flops.row_packing
+        self._shared_gather = (SharedMemoryGather(dist.rank, dist.world_size)
+                               if stage == 3 and is_host(dist.device) and shared_memory_usable(dist.world_size) else None)
+        self._flop_counter = self._flops or FlopModel.from_config(model.config)
+        self.forward_flops = {"computed": 0.0, "needed": 0.0}
         self.ref_engine = None
         if ref is not None:
             # Without an optimizer only ZeRO-3 saves memory (it shards the weights themselves).
@@ -246,17 +256,23 @@ class DeepSpeedTrainEngine(OptimizedModel):
             self.ref_engine.eval()
 
     # -- forward passes ----------------------------------------------------------------------
-    def _logprobs(self, engine, mb: MicroBatch, temperature: float, with_entropy: bool, entropy_grad: bool = False):
-        # Packed (each distinct prompt once) when that is cheaper, and only the logits that predict
-        # response tokens: see grpo/train/packing.py.
+    def _logprobs(self, engine, mb: MicroBatch, temperature: float, with_entropy: bool, entropy_grad: bool = False,
+                  count_flops: bool = False):
+        # Row-packed (no padding, each distinct prompt once) where the model allows, and only the logits
+        # that predict response tokens: see grpo/train/packing.py.
         layout = forward_layout(mb, self._flops, torch_dtype(self.cfg.model.dtype))
+        if count_flops:
+            computed, needed = layout_flops(self._flop_counter, mb, layout)
+            self.forward_flops["computed"] += computed
+            self.forward_flops["needed"] += needed
         return layout_logprobs(engine, mb, layout, temperature, with_entropy, entropy_grad)
 
     def policy_logprobs(self, mb: MicroBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logprobs with autograd (for the loss) and entropies of the current policy."""
+        """Logprobs with autograd (for the loss) and entropies of the current policy; the forward's FLOPs are
+        added to `forward_flops` (computed and needed), which the trainer reads and resets every step."""
         self.engine.train()
         return self._logprobs(self.engine, mb, temperature, with_entropy=True,
-                              entropy_grad=self.cfg.algo.entropy_coef > 0)
+                              entropy_grad=self.cfg.algo.entropy_coef > 0, count_flops=True)
 
     @torch.no_grad()
     def old_policy_logprobs(self, mb: MicroBatch, temperature: float) -> torch.Tensor:
@@ -288,6 +304,8 @@ class DeepSpeedTrainEngine(OptimizedModel):
         """Context in which the given (possibly ZeRO-3 sharded) parameters are whole on every rank."""
         if self.cfg.train.zero_stage != 3:
             return contextlib.nullcontext()
+        if self._shared_gather is not None:  # ranks on one host, in host memory: through shared memory
+            return self._shared_gather.gathered(params)
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

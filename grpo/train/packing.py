@@ -1,4 +1,4 @@
-"""How a micro-batch goes through the model: padded as built, or one packed row per distinct prompt.
+"""How a micro-batch goes through the model: padded as built, one row per distinct prompt, or all in one row.
 
 GRPO samples n completions of every prompt and `build_micro_batches` keeps a group's samples next to
 each other, so a micro-batch repeats a few prompts many times; with R1-Zero prompts (a long fixed
@@ -14,8 +14,20 @@ A 4-D mask is dense (rows x L x L), and attention over a packed row costs more t
 completions separately, so `forward_layout` packs only when a simple FLOP count says it is cheaper,
 the model's attention takes a custom mask (sdpa or eager), and every layer attends globally.
 
+Row packing (`row_packed_layout`) goes further and removes padding altogether: the whole micro-batch
+becomes one row of its real tokens, `[prompt 1 | its completions | prompt 2 | ...]`, each distinct
+prompt once, position ids restarting per sequence as in the padded layout. No 4-D mask is built;
+instead the model's attention is `packed_attention` (installed by `use_row_packing`), which attends
+span by span: a prompt causally over itself, a completion over its prompt and its own earlier tokens
+(one SDPA call each, with a small (c, p + c) mask). Linear layers then see only real tokens, and
+attention computes sum(p^2) + sum(c (p + c)) pairs instead of rows x L^2, so uneven completion lengths
+(R1-Zero's: most short, a few at the cap) cost what their tokens cost. Only the logits of the columns
+that predict a response token are computed (`logits_to_keep` as an index tensor).
+
 Either way only the logits that predict response tokens are computed (`logits_to_keep`), and
 `position_BT` says which row of the flattened (rows x keep) logits predicts response token (b, t).
+`layout_flops` counts what a layout computes and what of it was needed, for the share of forward
+FLOPs spent on padding and masked-out attention pairs.
 """
 from __future__ import annotations
 
@@ -32,14 +44,42 @@ MAX_MASK_ELEMENTS = 2**28
 MIN_SAVING = 0.1
 
 
+# The attention implementation names under which packed_attention is registered with transformers: this
+# prefix and the implementation it wraps ("grpo_packed_sdpa"), whose mask function the name keeps.
+PACKED_ATTENTION = "grpo_packed"
+
+
 @dataclass
 class ForwardLayout:
     input_ids_RL: torch.Tensor
-    attention_mask: torch.Tensor  # (R, L) of 0/1 when padded; (R, 1, L, L) when packed (bool, or additive float)
+    # (R, L) of 0/1 when padded; (R, 1, L, L) when packed (bool, or additive float); when row-packed a dict of
+    # no mask per layer type (transformers then builds none: packed_attention keeps the sequences apart)
+    attention_mask: torch.Tensor | dict
     position_ids_RL: torch.Tensor
-    keep: int  # logits of the last `keep` columns of each row are computed
-    position_BT: torch.Tensor  # index into the (R * keep) logit rows that predicts response token (b, t)
+    keep: int | torch.Tensor  # logits of the last `keep` columns of each row, or of these columns (row-packed)
+    position_BT: torch.Tensor  # index into the flattened kept logit rows that predicts response token (b, t)
     packed: bool
+    spans: "PackedSpans | None" = None  # row-packed: what each query span attends to
+
+    def model_inputs(self) -> dict:
+        inputs = dict(input_ids=self.input_ids_RL, attention_mask=self.attention_mask,
+                      position_ids=self.position_ids_RL, use_cache=False, logits_to_keep=self.keep)
+        if self.spans is not None:
+            inputs["packed_spans"] = self.spans
+        return inputs
+
+
+@dataclass
+class PackedSpans:
+    """The attention structure of one packed row: `(start, stop, context_start, context_stop, mask)` per span.
+
+    Queries [start, stop) attend to keys [context_start, context_stop) followed by keys [start, stop):
+    a prompt has an empty context and attends causally to itself (mask None); a completion's context is
+    its prompt and its (c, p + c) bool mask is [all prompt keys | causal over its own tokens]. Spans are in
+    row order and cover the row.
+    """
+
+    spans: list[tuple[int, int, int, int, torch.Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +90,7 @@ class FlopModel:
     per_pair: float
     per_logit_row: float
     mask_kind: str  # "bool" (sdpa), "additive" (eager) or "" (cannot take a 4-D mask: never pack)
+    row_packing: bool = False  # the model attends through packed_attention: whole micro-batches go in one row
 
     @classmethod
     def from_config(cls, config) -> "FlopModel":
@@ -60,22 +101,56 @@ class FlopModel:
         layers = config.num_hidden_layers
         linear = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * i  # q, o, k, v, gate/up/down
         kinds = {"sdpa": "bool", "eager": "additive"}
-        mask_kind = kinds.get(getattr(config, "_attn_implementation", None) or "eager", "")
+        attention = getattr(config, "_attn_implementation", None) or "eager"
+        packed = attention.startswith(PACKED_ATTENTION + "_")
+        if packed:  # use_row_packing installed it over the model's own implementation
+            attention = config._grpo_inner_attention
+        mask_kind = kinds.get(attention, "")
         layer_types = getattr(config, "layer_types", None) or []
         if any(kind != "full_attention" for kind in layer_types):
             mask_kind = ""  # a 4-D mask would replace the sliding-window masks of those layers
+        row_packing = mask_kind != "" and packed
         return cls(per_token=2.0 * layers * linear, per_pair=4.0 * layers * heads * head_dim,
-                   per_logit_row=2.0 * h * config.vocab_size, mask_kind=mask_kind)
+                   per_logit_row=2.0 * h * config.vocab_size, mask_kind=mask_kind, row_packing=row_packing)
 
     def cost(self, rows: int, length: int, keep: int) -> float:
         return rows * (length * self.per_token + length * length * self.per_pair + keep * self.per_logit_row)
 
 
+def layout_flops(flops: FlopModel, mb: MicroBatch, layout: ForwardLayout) -> tuple[float, float]:
+    """(computed, needed) forward FLOPs of `mb` in `layout`, by the FLOP model.
+
+    Needed: every real token through the linear layers, each real query against the real keys it may
+    see (its prompt and its own earlier tokens, itself included), one logit row per response token.
+    Computed: every position of the layout, every (query, key) pair its attention calls evaluate (a
+    dense mask evaluates all of them), every kept logit row. The difference is padding work.
+    """
+    P = mb.prompt_width
+    prompt_B = mb.attention_mask_BL[:, :P].sum(-1).double()
+    completion_B = mb.attention_mask_BL[:, P:].sum(-1).double()
+    group_B, _ = _groups(mb) if P > 0 else (torch.arange(len(prompt_B)), len(prompt_B))
+    first = {}
+    for b, g in enumerate(group_B.tolist()):
+        first.setdefault(g, b)
+    prompts = prompt_B[list(first.values())]
+    tokens = float(prompts.sum() + completion_B.sum())
+    pairs = float((prompts * (prompts + 1) / 2).sum() + (completion_B * prompt_B + completion_B * (completion_B + 1) / 2).sum())
+    needed = tokens * flops.per_token + pairs * flops.per_pair + float(completion_B.sum()) * flops.per_logit_row
+    if layout.spans is not None:
+        computed_pairs = sum((stop - start) * (stop - start + context_stop - context_start)
+                             for start, stop, context_start, context_stop, _ in layout.spans.spans)
+        computed = (layout.input_ids_RL.numel() * flops.per_token + computed_pairs * flops.per_pair
+                    + layout.keep.numel() * flops.per_logit_row)
+    else:
+        rows, length = layout.input_ids_RL.shape
+        computed = flops.cost(rows, length, layout.keep)
+    return computed, needed
+
+
 def layout_logprobs(model, mb: MicroBatch, layout: ForwardLayout, temperature: float, with_entropy: bool,
                     entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logp_BT, entropy_BT) of the micro-batch's response tokens from one forward of `model` in `layout`."""
-    logits_RKV = model(input_ids=layout.input_ids_RL, attention_mask=layout.attention_mask,
-                       position_ids=layout.position_ids_RL, use_cache=False, logits_to_keep=layout.keep).logits
+    logits_RKV = model(**layout.model_inputs()).logits
     return gathered_logprobs_and_entropy(logits_RKV.reshape(-1, logits_RKV.shape[-1]), layout.position_BT,
                                          mb.response_ids_BT, temperature, with_entropy, entropy_grad)
 
@@ -90,10 +165,13 @@ def layout_values(model, mb: MicroBatch, layout: ForwardLayout) -> torch.Tensor:
 
 
 def forward_layout(mb: MicroBatch, flops: FlopModel | None, dtype: torch.dtype = torch.float32) -> ForwardLayout:
-    """The packed layout when it is allowed and cheaper by the FLOP count, else the padded one."""
+    """The row-packed layout when the model attends through packed_attention; else the per-prompt packed
+    layout when it is allowed and cheaper by the FLOP count; else the padded one."""
     plain = padded_layout(mb)
     if flops is None or not flops.mask_kind:
         return plain
+    if flops.row_packing and bool((mb.attention_mask_BL[:, :mb.prompt_width].sum(-1) > 0).all()):
+        return row_packed_layout(mb)
     plan = _packing_plan(mb)
     if plan is None:
         return plain
@@ -189,3 +267,94 @@ def packed_layout(mb: MicroBatch, additive_mask: bool = False, dtype: torch.dtyp
     k_BT = torch.where(t_T[None, :] == 0, 0, offset_B[:, None] + t_T[None, :]) * real_BT
     position_BT = group_B[:, None] * keep + k_BT
     return ForwardLayout(input_ids_RL, mask, position_ids_RL, keep, position_BT, packed=True)
+
+
+def row_packed_layout(mb: MicroBatch) -> ForwardLayout:
+    """The micro-batch's real tokens in one row: each distinct prompt once, then its completions back to back.
+
+    Every prompt must have at least one token (its last column predicts its completions' first tokens).
+    """
+    device = mb.input_ids_BL.device
+    P = mb.prompt_width
+    B, T = mb.input_ids_BL.shape[0], mb.input_ids_BL.shape[1] - P
+    group_B, _ = _groups(mb)
+    prompt_B = mb.attention_mask_BL[:, :P].sum(-1).tolist()
+    completion_B = mb.attention_mask_BL[:, P:].sum(-1).tolist()
+    members: dict[int, list[int]] = {}
+    for b, g in enumerate(group_B.tolist()):
+        members.setdefault(g, []).append(b)
+    ids, positions, spans, keep = [], [], [], []
+    position_BT = torch.zeros((B, T), dtype=torch.long)  # padding tokens read kept row 0 (masked later)
+    cursor = 0
+    for group in members.values():
+        p = prompt_B[group[0]]
+        ids.append(mb.input_ids_BL[group[0], P - p:P])
+        positions.append(torch.arange(p))
+        spans.append((cursor, cursor + p, 0, 0, None))
+        prompt_start, cursor = cursor, cursor + p
+        for b in group:
+            c = completion_B[b]
+            if c == 0:
+                continue
+            ids.append(mb.input_ids_BL[b, P:P + c])
+            positions.append(torch.arange(p, p + c))  # as in the padded layout: the prompt's real tokens, then on
+            mask = torch.ones((c, p + c), dtype=torch.bool)
+            mask[:, p:] = torch.ones((c, c), dtype=torch.bool).tril()
+            spans.append((cursor, cursor + c, prompt_start, prompt_start + p, mask.to(device)))
+            # the prompt's last column predicts token 0; the completion's column t - 1 predicts token t
+            position_BT[b, :c] = torch.arange(len(keep), len(keep) + c)
+            keep.append(prompt_start + p - 1)
+            keep.extend(range(cursor, cursor + c - 1))
+            cursor += c
+    input_ids_1N = torch.cat(ids).to(device)[None, :]
+    position_ids_1N = torch.cat(positions).to(device=device, dtype=mb.position_ids_BL.dtype)[None, :]
+    keep_K = torch.tensor(keep if keep else [0], dtype=torch.long, device=device)
+    return ForwardLayout(input_ids_1N, {"full_attention": None}, position_ids_1N, keep_K, position_BT.to(device),
+                         packed=True, spans=PackedSpans(spans))
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, packed_spans=None,
+                     **kwargs):
+    """Attention for row-packed forwards (span by span, see PackedSpans); any other call goes to the
+    implementation the model had before (`module.config._grpo_inner_attention`)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if packed_spans is None:
+        inner = ALL_ATTENTION_FUNCTIONS[module.config._grpo_inner_attention]
+        return inner(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    grouped = query.shape[1] != key.shape[1]
+    pieces = []
+    for start, stop, context_start, context_stop, mask in packed_spans.spans:
+        q = query[:, :, start:stop]
+        if mask is None:
+            out = sdpa(q, key[:, :, start:stop], value[:, :, start:stop], is_causal=True, dropout_p=dropout,
+                       scale=scaling, enable_gqa=grouped)
+        else:
+            k = torch.cat([key[:, :, context_start:context_stop], key[:, :, start:stop]], dim=2)
+            v = torch.cat([value[:, :, context_start:context_stop], value[:, :, start:stop]], dim=2)
+            out = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=grouped)
+        pieces.append(out)
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_row_packing(model) -> bool:
+    """Make `model` attend through packed_attention (its own implementation still serves every other call),
+    when its attention can: every layer global, sdpa or eager. Returns whether it now does."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    config = model.config
+    inner = getattr(config, "_attn_implementation", None) or "eager"
+    if inner.startswith(PACKED_ATTENTION + "_"):
+        return True
+    if not FlopModel.from_config(config).mask_kind:
+        return False
+    name = f"{PACKED_ATTENTION}_{inner}"
+    AttentionInterface.register(name, packed_attention)
+    AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[inner])
+    model.set_attn_implementation(name)
+    for module in model.modules():  # every config object the model holds, sub-configs included
+        if hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
+            module.config._grpo_inner_attention = inner
+    return True

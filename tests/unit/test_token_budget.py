@@ -24,6 +24,20 @@ def test_ranges_grow_while_the_padded_size_fits():
     assert token_budget_bounds([], 60, 4) == []
 
 
+
+def test_packed_ranges_count_each_prompt_once_and_no_padding():
+    # Two groups of 4 (prompts of 100 and 80 tokens) with long-tailed completions; budget 400 packed tokens.
+    lengths = [(100, 10), (100, 200), (100, 5), (100, 30), (80, 8), (80, 12), (80, 150), (80, 3)]
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    # rows 0-3: 100 + 10 + 200 + 5 + 30 = 345 fits; row 4 brings its prompt: 345 + 80 + 8 = 433 > 400 -> cut
+    # rows 4-7: 80 + 8 + 12 + 150 + 3 = 253
+    assert token_budget_bounds(lengths, 400, 8, groups) == [(0, 4), (4, 8)]
+    # padded, the same budget holds far less: rows 0-1 are 2 x (100 + 200) = 600 > 400; rows 2-4 are
+    # 3 x (100 + 30) = 390, with row 5 4 x 130 = 520; rows 5-6 are 2 x (80 + 150) = 460, and so on
+    assert token_budget_bounds(lengths, 400, 8) == [(0, 1), (1, 2), (2, 5), (5, 6), (6, 7), (7, 8)]
+    # splitting to a count sizes ranges the same way: the 345-token range is halved first
+    assert split_to_count([(0, 4), (4, 8)], 3, lengths, groups) == [(0, 2), (2, 4), (4, 8)]
+
 def test_split_to_count_halves_the_largest_range():
     lengths = [(10, 5)] * 4 + [(10, 30)] * 2
     bounds = [(0, 4), (4, 6)]  # padded 4 x 15 = 60 and 2 x 40 = 80
