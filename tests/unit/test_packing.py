@@ -16,15 +16,20 @@ from grpo.types import Completion, PromptRecord
 CPU = torch.device("cpu")
 
 
-def micro_batch(pad_id: int):
-    g = torch.Generator().manual_seed(0)
-    prompt_lengths, completion_lengths = [7, 4, 5], [[3, 6, 1], [5, 2], [4]]
+def micro_batch_of(prompt_lengths: list[int], completion_lengths: list[list[int]], seed: int, micro_batch_size: int,
+                   pad_id: int):
+    """One micro-batch of random prompts (token ids) and, per prompt, completions of the given lengths."""
+    g = torch.Generator().manual_seed(seed)
     prompts = [PromptRecord(prompt_text="", prompt_ids=torch.randint(5, 900, (n,), generator=g).tolist(),
                             ground_truth=None, data_source="test", index=i) for i, n in enumerate(prompt_lengths)]
     groups = [[Completion(token_ids=torch.randint(5, 900, (n,), generator=g).tolist(), logprobs=[0.0] * n, text="",
                           finish_reason="stop") for n in lengths] for lengths in completion_lengths]
-    (mb,) = build_micro_batches(prompts, groups, micro_batch_size=6, pad_id=pad_id, device=CPU)
+    (mb,) = build_micro_batches(prompts, groups, micro_batch_size=micro_batch_size, pad_id=pad_id, device=CPU)
     return mb
+
+
+def micro_batch(pad_id: int):
+    return micro_batch_of([7, 4, 5], [[3, 6, 1], [5, 2], [4]], seed=0, micro_batch_size=6, pad_id=pad_id)
 
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
@@ -86,14 +91,7 @@ def test_packed_forward_under_gradient_checkpointing(tiny_dir):
 def uneven_micro_batch(pad_id: int):
     """Two prompts shared by 4 and 3 completions of very different lengths (1 to 40 tokens), one prompt alone,
     and one completion that is empty: the padded layout is mostly padding, the row-packed one has none."""
-    g = torch.Generator().manual_seed(1)
-    prompt_lengths, completion_lengths = [9, 3, 6], [[40, 1, 7, 2], [25, 0, 3], [12]]
-    prompts = [PromptRecord(prompt_text="", prompt_ids=torch.randint(5, 900, (n,), generator=g).tolist(),
-                            ground_truth=None, data_source="test", index=i) for i, n in enumerate(prompt_lengths)]
-    groups = [[Completion(token_ids=torch.randint(5, 900, (n,), generator=g).tolist(), logprobs=[0.0] * n, text="",
-                          finish_reason="stop") for n in lengths] for lengths in completion_lengths]
-    (mb,) = build_micro_batches(prompts, groups, micro_batch_size=8, pad_id=pad_id, device=CPU)
-    return mb
+    return micro_batch_of([9, 3, 6], [[40, 1, 7, 2], [25, 0, 3], [12]], seed=1, micro_batch_size=8, pad_id=pad_id)
 
 
 @pytest.mark.parametrize("inner", ["sdpa", "eager"])
