@@ -5,11 +5,15 @@ after the world process group exists (building it first makes vLLM create a worl
 Contiguous ranks form a tensor-parallel group: its members gather their prompts, generate them
 together with the same seeds, and each keeps its own share of the results.
 
-Weights arrive through `load_weights`, which calls the worker's in-place `reload_weights` (the
-call that works on both the CPU and the CUDA builds of vLLM 0.32; `model.load_weights` fails on
-CPU because the CPU build replaces each linear weight with a prepacked copy). vLLM's loader does
-the tensor-parallel slicing and the q/k/v and gate/up fusing; the caller must send whole decoder
-layers per call and the tied `lm_head.weight` too (see grpo/weight_sync.py).
+Weights arrive through `load_weights`. On accelerators it calls the worker's in-place
+`reload_weights`. On CPU the engine is built with plain linear weights (torch's `linear`), not
+vLLM-CPU's default of repacking every linear weight into a oneDNN handle and freeing the weight:
+with the weights kept as parameters, a sync is the model's own `load_weights`, a copy of the bytes
+into them, where `reload_weights` had to rebuild every layer and repack it (3.5x a copy of the
+bytes, against 1.2x now, for the 100M-parameter benchmark model); decoding runs at the same speed
+(benchmarks/README.md). vLLM's loader does the tensor-parallel slicing and the q/k/v and gate/up
+fusing either way; the caller must send whole decoder layers per call and the tied `lm_head.weight`
+too (see grpo/weight_sync.py).
 
 On accelerators the engine sleeps while the trainer works (level 2: weights and KV cache freed,
 nothing offloaded): `wake_weights()` before a sync reallocates the weights, which the sync then
@@ -56,6 +60,9 @@ class VLLMRolloutEngine:
             kv_cache_mb = kv_cache_mb or DEFAULT_CPU_KV_CACHE_MB
         from vllm import LLM
 
+        self._plain_cpu_weights = on_cpu
+        if on_cpu:
+            _keep_plain_cpu_linear_weights()
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.tp_size = tensor_parallel_size
@@ -111,7 +118,10 @@ class VLLMRolloutEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load full Hugging Face tensors in place; the call must carry whole decoder layers."""
         # With the external launcher, collective_rpc runs on this rank's own worker only.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
+        if self._plain_cpu_weights:
+            self.llm.collective_rpc(_copy_into_model, args=(list(named_tensors),))
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
         self.llm.reset_prefix_cache()  # cached prefixes were computed by the old weights
 
     def load_adapter(self, adapter: AdapterWeights) -> None:
@@ -187,3 +197,24 @@ def _tensor_parallel_group(rank: int, world_size: int, tp: int):
         if start <= rank < start + tp:
             mine = group
     return mine
+
+
+def _keep_plain_cpu_linear_weights() -> None:
+    """Make vLLM-CPU keep each linear layer's weight as a parameter and multiply with torch's `linear`.
+
+    vLLM 0.32's CPU build otherwise reorders every linear weight into a oneDNN handle when a model
+    loads and frees the parameter, so a weight update must rebuild each layer and reorder it again.
+    Its dispatcher (vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm) falls back to
+    torch's `linear` when oneDNN is unavailable; this says it is, for the engines of this process.
+    """
+    from vllm import _custom_ops
+
+    if not hasattr(_custom_ops, "_supports_onednn"):
+        raise RuntimeError("this vLLM build has no vllm._custom_ops._supports_onednn switch, which the CPU engine "
+                           "relies on to keep linear weights updatable in place; use the vLLM version in setup.py")
+    _custom_ops._supports_onednn = False
+
+
+def _copy_into_model(worker, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """Run on the engine's worker: copy Hugging Face tensors into the model's parameters (vLLM fuses and slices)."""
+    worker.get_model().load_weights(named_tensors)

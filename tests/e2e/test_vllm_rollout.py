@@ -3,7 +3,8 @@
 After every sync, vLLM's logprobs of a fixed sequence must equal the trainer's within 1e-4 (fp32,
 measured ~1e-6) while having moved away from the start (so the sync delivered something), and a
 deliberate weight change made in the trainer must appear in vLLM's generations. Both catch the
-silent traps: a decoder layer split across loads, and a tied lm_head.weight left out.
+silent traps: a decoder layer split across loads, and a tied lm_head.weight left out. On CPU the
+engine's linear layers must keep their weights as parameters (a sync copies into them in place).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_vllm_engine_tracks_the_trainer(tiny_dir, reward_plugin_dir, tmp_path, t
     steps = [r for r in reports if "step" in r]
     assert len(steps) == 2 * 3  # 2 ranks x 3 steps
     assert all(r["fixed_gap"] < 1e-4 and r["moved_since_start"] > 1e-3 for r in steps), steps
+    kept = [r for r in reports if "plain_linear_weights" in r]
+    assert len(kept) == 2 and all(r["plain_linear_weights"] for r in kept), kept  # CPU: syncs copy in place
     spikes = [r for r in reports if "spiked_tokens" in r]
     # one prompt x n=4 x 8 new tokens per rank, every one the target token with logprob ~0
     assert len(spikes) == 2 and all(r["all_target"] and r["spiked_tokens"] == 32 for r in spikes), spikes

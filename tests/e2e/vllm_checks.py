@@ -51,6 +51,21 @@ def vllm_logprobs(ids):
     return torch.tensor([step[token].logprob for token, step in zip(ids[1:], out.prompt_logprobs[1:])])
 
 
+def plain_linear_weights(worker) -> bool:
+    """Whether every linear layer of the engine's model still holds its weight as a parameter (on CPU the
+    engine keeps them, so a sync copies into them rather than rebuilding prepacked oneDNN handles)."""
+    from vllm.model_executor.layers.linear import LinearBase
+
+    linears = [m for m in worker.get_model().modules() if isinstance(m, LinearBase)]
+    return bool(linears) and all(m.weight.numel() > 0 for m in linears)
+
+
+if trainer.rollout._plain_cpu_weights:
+    kept = trainer.rollout.llm.collective_rpc(plain_linear_weights)[0]
+    report(plain_linear_weights=kept)
+    if not kept:
+        failures.append("plain linear weights")
+
 before = vllm_logprobs(fixed_ids)
 for step in range(1, 4):
     trainer.step = step
