@@ -8,11 +8,14 @@ functions) pretrained with AdamW on worked Countdown attempts (grpo.data.countdo
 3 numbers in 1..9, a restatement of the task, two-step tries until one reaches the target or the
 writer gives up, then the answer. Like many real base models, the writers mostly answer with the
 number they reached; only 30% of the texts answer with the expression, which is what the Countdown
-reward checks. The writers also slip (30% of wrong tries are written as reaching the target) and
-sometimes re-check a try that reached the target ("verify 7*3=21,21-2=19 ok", or "... wait" and
-another try): 14% of the texts check, and those are right about twice as often (76% against 31% of
-the expression answers). So the model does the search but rarely writes an answer the reward
-accepts, its tries are often wrong, and re-checking is there to be found: the room RL has to improve.
+reward checks. The writers rarely go on after a miss (a miss is followed by "wait" and another try in
+15% of the texts), but going on pays: 3 in 10 wrong tries are near misses, a right first step with the
+wrong second one, which the next try redoes ("7*3=21,21+2=23" then "wait 7*3=21,21-2=19"), so the
+texts that go on are right 59% of the time against 33% (of the expression answers). The writers also
+slip now and then (1 in 10 wrong tries written as reaching the target) and sometimes re-check a try
+that reached the target ("verify 7*3=21,21-2=19 ok", or "... wait" and another try): 10% of the texts
+check, right 79% of the time. So the model does the search but rarely writes an answer the reward
+accepts, stops early, and retrying and re-checking are there to be found: the room RL has to improve.
 
 Writes OUT/model/ (tokenizer + Qwen2ForCausalLM, fp32 safetensors), OUT/countdown_train.parquet
 (2000 RL prompts, TinyZero's format, data_source countdown), OUT/countdown_test.parquet (256
@@ -22,12 +25,11 @@ OUT/model/config.json is reused unless --force or build.json records other setti
 version of this script, another seed or length). --minutes sets the length as a number of steps
 (STEPS_PER_MINUTE per minute), so the same flags build the same model on any machine.
 
-Measured here (2 cores shared with other jobs, so slower than alone): 1950 steps, 14.5 min (13.2 of them
-pretraining; about 6 min on two free cores), final loss 0.273; on the 256 test tasks greedy decoding
-answers every one with a number (format 100%, accuracy 0%), and sampling at temperature 1 gives 2.3%
-per sample and pass@8 16.0%. A model this small computes its tries unreliably (about half of its first
-steps are wrong), so its own re-checks are unreliable too: in `make demo` GRPO raised held-out accuracy
-(0% -> 26-31%) but not the re-checking rate (see README).
+Measured here on two free cores: 1950 steps, 4.4 min (3.7 of them pretraining; about twice that with
+other jobs on the cores), final loss 0.220; on the 256 test tasks greedy decoding answers every one
+with a number (format 100%, accuracy 0%), and sampling at temperature 1 gives 2.4% per sample and
+pass@8 18.0%. A model this small computes its tries unreliably (a third of its second steps are
+wrong), so its own retries and re-checks pay less than the corpus's: see README for what GRPO does.
 """
 from __future__ import annotations
 
@@ -62,14 +64,16 @@ TASK = {"num_numbers": (3,), "max_number": 9, "max_target": 99}
 # Worked attempts (worked_completion): every value in 0..99, and a second step that only adds or
 # subtracts (two-digit products and quotients were the steps a few minutes of training got wrong).
 # A task counts only if such an attempt solves it: about 3 in 4 tasks of TASK do.
-WORK = {"hit_rate": 0.3, "continue_rate": 0.4, "max_tries": 3, "max_value": 99, "step2_ops": "+-",
-        "expression_rate": 0.3, "slip_rate": 0.3, "check_rate": 0.2}
+# Tries after a miss are rare (continue_rate 0.25) and start with "wait"; 3 in 10 wrong tries are near
+# misses whose next try redoes the second step; 1 in 10 is a slip that a re-check (1 in 5 claimed hits) catches.
+WORK = {"hit_rate": 0.3, "continue_rate": 0.25, "max_tries": 4, "max_value": 99, "step2_ops": "+-",
+        "expression_rate": 0.3, "slip_rate": 0.1, "check_rate": 0.2, "retry_word": "wait", "near_rate": 0.3}
 # hidden 128 with 4 heads of 32 (2 KV heads), 3 layers: 0.8M parameters.
 MODEL = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
          "head_dim": 32}
 TOKENS_PER_STEP = 3072  # padded tokens in one batch (about 45 tasks); batches hold sequences of similar length
 LR, WARMUP, MIN_LR_FRACTION = 3e-3, 30, 0.1
-STEPS_PER_MINUTE = 300  # --minutes -> steps, at about the rate of two free cores here
+STEPS_PER_MINUTE = 300  # --minutes -> steps (a fixed count: two free cores here run about 500 a minute)
 FULL_PROMPT_EVERY = 8  # 1 task in 8 is read with TinyZero's whole prompt, the rest in a short view (encode)
 TRAIN_ROWS, TEST_ROWS = 2000, 256  # the test tasks are distinct; the whole task space holds about 1600
 CHUNK = 2048  # corpus tasks generated (and tokenized) at a time

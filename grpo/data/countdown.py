@@ -166,7 +166,7 @@ def countdown_attempts(nums: list[int], max_value: int = MAX_TARGET, step2_ops: 
 def worked_completion(
     nums: list[int], target: int, rng: random.Random, hit_rate: float = 0.3, continue_rate: float = 0.4,
     max_tries: int = 3, max_value: int = MAX_TARGET, step2_ops: str = _OPS, expression_rate: float = 1.0,
-    slip_rate: float = 0.0, check_rate: float = 0.0,
+    slip_rate: float = 0.0, check_rate: float = 0.0, retry_word: str = "", near_rate: float = 0.0,
 ) -> tuple[str, bool] | None:
     """A worked attempt at a task as the text after the prompt's "<think>", and whether its answer is right.
 
@@ -183,6 +183,12 @@ def worked_completion(
         7*3=21,21-2=19
         </think>
         <answer> (7*3)-2 </answer>
+
+    A miss the writer goes on from is a miss it saw: with `retry_word` ("wait") the next try starts
+    with it ("wait 7*3=21,21-2=19"). With probability `near_rate` a wrong try is a near miss: a right
+    first step whose second step takes the wrong operation or side ("7*3=21,21+2=23" for 19); the
+    try after a near miss redoes that last step and hits ("wait 7*3=21,21-2=19"). Redoing a step is
+    learnable and pays: the texts that go on after a miss are right more often than those that stop.
 
     A searcher in a hurry also slips: with probability `slip_rate` a wrong try's last step is written
     as reaching the target ("7+3=10,10*2=19"), a hit it believes in. With probability `check_rate` it
@@ -206,13 +212,23 @@ def worked_completion(
     misses = rng.sample(misses, min(max_tries + (check_rate > 0), len(misses)))
     lines: list[str] = []
     tries = 0
+    after_miss = False  # the next try follows a miss the writer saw, and starts with retry_word
+    fix = None  # after a near miss: the hit that redoes its last step
     while True:
         tries += 1
-        real_hit = rng.random() < hit_rate or not misses
-        attempt = rng.choice(hits) if real_hit else misses.pop()
+        if fix is not None:
+            attempt, real_hit, fix = fix, True, None
+        else:
+            draw = rng.random()
+            real_hit = draw < hit_rate or not misses
+            near = [] if real_hit or draw >= hit_rate + near_rate else _near_misses(rng.choice(hits), attempts, target)
+            attempt = rng.choice(hits) if real_hit else rng.choice(near) if near else misses.pop()
+            if near:
+                fix = next(h for h in hits if h[:3] == attempt[:3] and h.z == attempt.z)
         slipped = not real_hit and slip_rate > 0 and rng.random() < slip_rate
         result = target if slipped else attempt.value
-        lines.append(attempt.written(result))
+        lines.append((f"{retry_word} " if after_miss and retry_word else "") + attempt.written(result))
+        after_miss = False
         if result == target:  # a hit, real or believed
             if check_rate <= 0 or rng.random() >= check_rate:
                 break
@@ -222,11 +238,17 @@ def worked_completion(
             continue  # a caught slip: try again (a check does not count against max_tries)
         if tries >= max_tries or rng.random() >= continue_rate:
             break
+        after_miss = True
     work = "".join(f"\n{line}" for line in lines)
     as_expression = rng.random() < expression_rate
     answer = attempt.expression if as_expression else str(result)
     text = f" {[int(n) for n in nums]} -> {target}{work}\n</think>\n<answer> {answer} </answer>"
     return text, as_expression and attempt.value == target
+
+
+def _near_misses(hit: Attempt, attempts: list[Attempt], target: int) -> list[Attempt]:
+    """Tries with the hit's first step and third number whose last step misses (another operation or side)."""
+    return [a for a in attempts if a[:3] == hit[:3] and a.z == hit.z and a.value != target]
 
 
 def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
