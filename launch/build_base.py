@@ -9,12 +9,12 @@ functions) pretrained with AdamW on worked Countdown attempts (grpo.data.countdo
 writer gives up, then the answer. Like many real base models, the writers mostly answer with the
 number they reached; only 30% of the texts answer with the expression, which is what the Countdown
 reward checks. The writers rarely go on after a miss (a miss is followed by "wait" and another try in
-15% of the texts), but going on pays: 3 in 10 wrong tries are near misses, a right first step with the
+13% of the texts), but going on pays: half of all tries are near misses, a right first step with the
 wrong second one, which the next try redoes ("7*3=21,21+2=23" then "wait 7*3=21,21-2=19"), so the
-texts that go on are right 59% of the time against 33% (of the expression answers). The writers also
+texts that go on are right 86% of the time against 31% (of the expression answers). The writers also
 slip now and then (1 in 10 wrong tries written as reaching the target) and sometimes re-check a try
-that reached the target ("verify 7*3=21,21-2=19 ok", or "... wait" and another try): 10% of the texts
-check, right 79% of the time. So the model does the search but rarely writes an answer the reward
+that reached the target ("verify 7*3=21,21-2=19 ok", or "... wait" and another try): 8.5% of the
+texts check, right 90% of the time. So the model does the search but rarely writes an answer the reward
 accepts, stops early, and retrying and re-checking are there to be found: the room RL has to improve.
 
 Writes OUT/model/ (tokenizer + Qwen2ForCausalLM, fp32 safetensors), OUT/countdown_train.parquet
@@ -25,10 +25,10 @@ OUT/model/config.json is reused unless --force or build.json records other setti
 version of this script, another seed or length). --minutes sets the length as a number of steps
 (STEPS_PER_MINUTE per minute), so the same flags build the same model on any machine.
 
-Measured here on two free cores: 1950 steps, 4.4 min (3.7 of them pretraining; about twice that with
-other jobs on the cores), final loss 0.220; on the 256 test tasks greedy decoding answers every one
-with a number (format 100%, accuracy 0%), and sampling at temperature 1 gives 2.4% per sample and
-pass@8 18.0%. A model this small computes its tries unreliably (a third of its second steps are
+Measured here on two free cores: 1950 steps, 4.9 min (4.1 of them pretraining; about twice that with
+other jobs on the cores), final loss 0.194; on the 256 test tasks greedy decoding answers all but one
+with a number (format 100%, accuracy 0.4%), and sampling at temperature 1 gives 4.4% per sample and
+pass@8 25.8%. A model this small computes its tries unreliably (a third of its second steps are
 wrong), so its own retries and re-checks pay less than the corpus's: see README for what GRPO does.
 """
 from __future__ import annotations
@@ -64,10 +64,10 @@ TASK = {"num_numbers": (3,), "max_number": 9, "max_target": 99}
 # Worked attempts (worked_completion): every value in 0..99, and a second step that only adds or
 # subtracts (two-digit products and quotients were the steps a few minutes of training got wrong).
 # A task counts only if such an attempt solves it: about 3 in 4 tasks of TASK do.
-# Tries after a miss are rare (continue_rate 0.25) and start with "wait"; 3 in 10 wrong tries are near
-# misses whose next try redoes the second step; 1 in 10 is a slip that a re-check (1 in 5 claimed hits) catches.
+# Tries after a miss are rare (continue_rate 0.25) and start with "wait"; half of all tries are near misses
+# whose next try redoes the second step; 1 in 10 wrong tries is a slip that a re-check (1 in 5 claimed hits) catches.
 WORK = {"hit_rate": 0.3, "continue_rate": 0.25, "max_tries": 4, "max_value": 99, "step2_ops": "+-",
-        "expression_rate": 0.3, "slip_rate": 0.1, "check_rate": 0.2, "retry_word": "wait", "near_rate": 0.3}
+        "expression_rate": 0.3, "slip_rate": 0.1, "check_rate": 0.2, "retry_word": "wait", "near_rate": 0.5}
 # hidden 128 with 4 heads of 32 (2 KV heads), 3 layers: 0.8M parameters.
 MODEL = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
          "head_dim": 32}
