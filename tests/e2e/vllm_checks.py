@@ -2,7 +2,7 @@
 checking after every weight sync that vLLM scores a fixed sequence exactly as the trainer does, and
 finally that a deliberate weight change made in the trainer shows up in vLLM's generations.
 
-argv: MODEL_DIR TRAIN_PARQUET RUN_DIR TENSOR_PARALLEL_SIZE. Each rank writes JSON lines to
+argv: MODEL_DIR TRAIN_PARQUET RUN_DIR TENSOR_PARALLEL_SIZE CPU_LINEAR (plain or onednn). Each rank writes JSON lines to
 RUN_DIR/checks_rank{R}.jsonl (stdout would interleave the ranks); exits 1 on a failed check.
 """
 import json
@@ -14,13 +14,14 @@ import torch
 import grpo
 
 from cli import TEST_SCALE  # this script's folder is on sys.path
+from grpo.device import is_cpu
 from grpo.types import SamplingSettings
 from grpo.weight_sync import push_weights
 
-model_dir, train_file, run_dir, tp = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+model_dir, train_file, run_dir, tp, cpu_linear = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 cfg = grpo.load_config("recipes/countdown_tiny.yaml", [
     f"model.path={model_dir}", f"data.train_files=[{train_file}]", f"log.dir={run_dir}", "log.progress=false", *TEST_SCALE,
-    "rollout.engine=vllm", f"rollout.tensor_parallel_size={tp}", "rollout.kv_cache_mb=64",
+    "rollout.engine=vllm", f"rollout.tensor_parallel_size={tp}", "rollout.kv_cache_mb=64", f"rollout.cpu_linear={cpu_linear}",
     "train.lr=1.0e-3", "reward.functions=[digit_reward:digit_share]", "checkpoint.save_final=false",
     "sync.bucket_mb=1"])  # 1 MB < one tiny layer plus the embeddings: 3 loads per sync, layer by layer
 trainer = grpo.Trainer(cfg)
@@ -60,11 +61,11 @@ def plain_linear_weights(worker) -> bool:
     return bool(linears) and all(m.weight.numel() > 0 for m in linears)
 
 
-if trainer.rollout._plain_cpu_weights:
+if is_cpu():
     kept = trainer.rollout.llm.collective_rpc(plain_linear_weights)[0]
     report(plain_linear_weights=kept)
-    if not kept:
-        failures.append("plain linear weights")
+    if kept != (cpu_linear == "plain"):
+        failures.append(f"linear weights kept as parameters: {kept}, with rollout.cpu_linear={cpu_linear}")
 
 before = vllm_logprobs(fixed_ids)
 for step in range(1, 4):

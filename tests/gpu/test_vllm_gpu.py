@@ -33,7 +33,7 @@ def test_vllm_sleep_mode_sync_on_gpu(tiny_dir, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
            "tests/e2e/vllm_checks.py", str(tiny_dir / "model"), str(tiny_dir / "countdown_train.parquet"),
-           str(run_dir), "1"]
+           str(run_dir), "1", "plain"]  # rollout.cpu_linear applies on CPU only
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     reports = [json.loads(line) for path in sorted(run_dir.glob("checks_rank*.jsonl"))
                for line in path.read_text().splitlines()]
