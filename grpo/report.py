@@ -1,6 +1,6 @@
 """The end-of-run report: LOG_DIR/report.md with PNG plots of the training curves and the eval table.
 
-It opens with one figure (accuracy, response length and re-checking against step) and the greedy
+It opens with one figure (accuracy, response length and reflection against step) and the greedy
 completions of one held-out prompt before and after training. Reads only the run directory
 (metrics.jsonl, eval.json, eval_samples.jsonl), so it can also be regenerated afterwards:
 `python -c "import grpo.report as r; r.write_report('runs/x')"`.
@@ -56,8 +56,8 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_signature(rows: list[dict], evals: dict[str, dict[str, float]], out_dir: Path) -> Path | None:
     """The one figure to look at first: accuracy (training samples, and held-out greedy pass@1 at each
-    evaluation), mean response length and the share of responses that re-check themselves, against step,
-    stacked on one page. R1-Zero's three curves: reward up, responses longer, reflection appearing."""
+    evaluation), mean response length and the share of responses with reflection words (a retry after
+    "wait", a "verify"), against step, stacked on one page. R1-Zero's three curves: reward up, responses longer, reflection appearing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +69,7 @@ def plot_signature(rows: list[dict], evals: dict[str, dict[str, float]], out_dir
     window = max(1, len(rows) // 20)
     fig, axes = plt.subplots(3, 1, figsize=(7, 8), dpi=100, sharex=True)
     panels = [("reward/accuracy", "accuracy", axes[0]), ("response/length_mean", "response length (tokens)", axes[1]),
-              ("response/reflection_rate", "responses that re-check (share)", axes[2])]
+              ("response/reflection_rate", "responses with reflection words (share)", axes[2])]
     for key, title, ax in panels:
         values = [r.get(key, float("nan")) for r in rows]
         ax.plot(steps, values, color="0.75", linewidth=0.8, label="per step")
@@ -82,7 +82,7 @@ def plot_signature(rows: list[dict], evals: dict[str, dict[str, float]], out_dir
         axes[0].plot(*zip(*held_out), "o-", color="C3", label="held-out, greedy pass@1")
     axes[0].legend(fontsize=8, loc="upper left")
     axes[-1].set_xlabel("step")
-    fig.suptitle("accuracy, response length and re-checking against step")
+    fig.suptitle("accuracy, response length and reflection against step")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "signature.png"
@@ -139,7 +139,7 @@ def write_report(run_dir: str | Path) -> Path:
     signature = plot_signature(rows, evals, run_dir / "plots")
     lines = [f"# Run report: {run_dir.name}", ""]
     if signature is not None:
-        lines += [f"![accuracy, response length and re-checking against step](plots/{signature.name})", ""]
+        lines += [f"![accuracy, response length and reflection against step](plots/{signature.name})", ""]
     pair = before_after(run_dir)
     if pair is not None:
         before, after = pair
