@@ -15,6 +15,12 @@ Where this differs from TinyZero, on purpose:
   (TinyZero gives 0.1 there; 0.0 makes code-like answers strictly worse than wrong arithmetic).
 - Answers longer than `MAX_EQUATION_CHARS` or with more than `MAX_NUMBERS` literals score 0.0
   without parsing, so scoring always finishes fast whatever the model writes.
+
+`score_countdown_shown` (a `reward.functions` entry: "grpo.rewards.countdown:score_countdown_shown") is the
+same score with one more rule, for models that write their steps as "a op b = c": a right answer earns the
+full 1.0 only when the reasoning's last worked line derives the target with true arithmetic. The demo
+recipe trains with it (README: without it a tiny model learns to guess the expression while its written
+steps decay into noise).
 """
 from __future__ import annotations
 
@@ -124,3 +130,55 @@ def score_countdown(response: str, ground_truth: Any) -> RewardResult:
 def verify_countdown(response: str, ground_truth: Any) -> bool:
     """True when the response's last answer is a correct equation (for evaluation)."""
     return score_countdown(response, ground_truth).components["accuracy"] == 1.0
+
+
+# "a op b = c" in the reasoning: non-negative literals, as Countdown's numbers and hand-written steps are
+_WORKED_EQUATION_RE = re.compile(r"(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)")
+_WORKED_LINE_CHARS = 1000  # a worked line longer than this is not a step a person writes; judged as not shown
+_WORKED_OPS = {"+": ast.Add, "-": ast.Sub, "*": ast.Mult, "/": ast.Div}
+
+
+def work_reaches_target(response: str, target: int) -> bool:
+    """Whether the reasoning's last worked line derives `target` with true arithmetic.
+
+    The reasoning is the text before the last "</think>" (all of it when there is none). Its last line that
+    holds "a op b = c" equations must have every one true (exact arithmetic) and the last one equal to the
+    target: for 19, "7*3=21,21-2=19" and "verify 7*3=21, 21-2=19 ok" pass; "7*3=21,21-2=18" (misses),
+    "7*3=20,20-1=19" (a false step) and a response with no worked line do not. Earlier lines (abandoned
+    tries) are not judged.
+    """
+    think = response.rsplit("</think>", 1)[0]
+    lines = [line for line in think.splitlines() if _WORKED_EQUATION_RE.search(line)]
+    if not lines or len(lines[-1]) > _WORKED_LINE_CHARS:
+        return False
+    equations = _WORKED_EQUATION_RE.findall(lines[-1])
+    for left, op, right, result in equations:
+        if op == "/" and int(right) == 0:
+            return False
+        if _BINARY_OPS[_WORKED_OPS[op]](Fraction(int(left)), Fraction(int(right))) != int(result):
+            return False
+    return int(equations[-1][3]) == target
+
+
+def score_countdown_shown(data_source: str, response: str, ground_truth: Any, prompt: str = "") -> RewardResult:
+    """Countdown's score where a right answer earns 1.0 only when the reasoning shows it (a reward.functions entry).
+
+    score_countdown's 1.0 / 0.1 / 0.0, except that a right answer whose reasoning does not end in a true
+    derivation of the target (work_reaches_target) scores as a wrong one, 0.1. Components: "accuracy" (the
+    answer alone, as score_countdown judges it, so logs compare with plain runs), "format" and "work".
+    Only for countdown rows: another data_source raises UserError.
+    """
+    from grpo.rewards.registry import kind_of  # deferred: registry imports this module
+
+    try:
+        kind = kind_of(data_source)
+    except UserError:
+        kind = None
+    if kind != "countdown":
+        raise UserError(f"score_countdown_shown scores countdown rows only, got data_source {data_source!r}; "
+                        f"leave reward.functions empty to route each row by its data_source")
+    result = score_countdown(response, ground_truth)
+    _, target = _parse_ground_truth(ground_truth)
+    work = work_reaches_target(response, target)
+    score = result.score if work or result.score < CORRECT_SCORE else FORMAT_SCORE
+    return RewardResult(score, {**result.components, "work": float(work)})

@@ -159,6 +159,50 @@ def test_deep_nesting_finishes():
     assert score_countdown(answer(eq), {"numbers": [1], "target": 1}).score in (0.1, 1.0)
 
 
+# ---------------------------------------------------------------- countdown with the work shown
+
+SMALL = {"numbers": [7, 3, 2], "target": 19}  # 7*3-2 = 19
+
+
+def worked(*lines: str, answer_text: str = "(7*3)-2") -> str:
+    return " [7, 3, 2] -> 19\n" + "\n".join(lines) + f"\n</think>\n<answer> {answer_text} </answer>"
+
+
+@pytest.mark.parametrize("lines, shown", [
+    (["7*3=21,21-2=19"], True),                             # 21 = 7*3 and 19 = 21-2, ends at the target
+    (["7 * 3 = 21, 21 - 2 = 19"], True),                    # spaces are fine
+    (["7+3=10,10*2=20", "wait 7*3=21,21-2=19"], True),      # an abandoned try before is not judged
+    (["7*3=21,21-2=19", "verify 7*3=21,21-2=19 ok"], True),  # the check is the last worked line
+    (["7*3=21,21-2=18"], False),                            # true steps that miss the target
+    (["7*3=20,20-1=19"], False),                            # reaches 19 through a false step (7*3 is 21)
+    (["7*3=21,21-2=19", "wait 7+3=10,10*2=20"], False),     # the last try misses
+    (["6/0=0,0+19=19"], False),                             # division by zero is no step
+    ([], False),                                            # no worked line at all
+])
+def test_work_reaches_target(lines, shown):
+    assert countdown.work_reaches_target(worked(*lines), 19) is shown
+
+
+def test_score_countdown_shown_pays_a_right_answer_only_with_its_derivation():
+    shown = countdown.score_countdown_shown("countdown", worked("7*3=21,21-2=19"), SMALL)
+    assert shown == RewardResult(1.0, {"accuracy": 1.0, "format": 1.0, "work": 1.0})
+    # the same right answer after a false step scores as a wrong one (TinyZero's 0.1), its accuracy kept
+    guessed = countdown.score_countdown_shown("countdown", worked("7*3=20,20-1=19"), SMALL)
+    assert guessed == RewardResult(0.1, {"accuracy": 1.0, "format": 1.0, "work": 0.0})
+    # a wrong answer stays 0.1 and a missing one 0.0, whatever the work
+    wrong = countdown.score_countdown_shown("countdown", worked("7*3=21,21-2=19", answer_text="(7*3)+2"), SMALL)
+    assert wrong.score == 0.1 and wrong.components["accuracy"] == 0.0
+    assert countdown.score_countdown_shown("countdown", " 7*3=21,21-2=19", SMALL).score == 0.0
+
+
+def test_score_countdown_shown_loads_as_a_reward_function_and_refuses_other_data():
+    reward_fn = RewardFunction(["grpo.rewards.countdown:score_countdown_shown"])
+    assert reward_fn("countdown", worked("7*3=20,20-1=19"), SMALL, "").score == 0.1
+    assert reward_fn("countdown", worked("7*3=21,21-2=19"), SMALL, "").score == 1.0
+    with pytest.raises(UserError, match="countdown rows only.*'gsm8k'"):
+        reward_fn("gsm8k", "#### 4", "4", "")
+
+
 # ---------------------------------------------------------------- format
 
 
