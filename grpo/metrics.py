@@ -24,9 +24,9 @@ REFLECTION_WORDS = ("wait", "re-check", "recheck", "re-examine", "re-evaluate", 
 _REFLECTION = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
 
 
-def reflection_count(texts: list[str]) -> int:
-    """How many of the texts use at least one reflection word (whole words, any case)."""
-    return sum(1 for text in texts if _REFLECTION.search(text))
+def is_reflective(text: str) -> bool:
+    """Whether the text uses at least one reflection word (whole words, any case)."""
+    return _REFLECTION.search(text) is not None
 
 
 class PhaseTimer:

@@ -99,6 +99,7 @@ class RolloutStats(StepStats):
     response_length_max: float = maxed("response/length_max")
     clipped_responses: float = summed("response/clipped_frac", per="completions")
     reflective_responses: float = summed("response/reflection_rate", per="completions")
+    reflective_correct: float = summed()  # reflective responses whose answer is right
     advantages: float = summed()  # how many advantages: one per completion, or per token with gae
     advantage_sum: float = summed("advantage/mean", per="advantages")
     advantage_sq_sum: float = summed()
@@ -112,8 +113,16 @@ class RolloutStats(StepStats):
     dropped_groups: float | None = summed("dynamic/dropped_groups")
 
     def extra_metrics(self) -> dict[str, float]:
-        return {"reward/std": _std(self.reward_sq_sum, self.reward_sum, self.completions),
-                "advantage/std": _std(self.advantage_sq_sum, self.advantage_sum, self.advantages)}
+        out = {"reward/std": _std(self.reward_sq_sum, self.reward_sum, self.completions),
+               "advantage/std": _std(self.advantage_sq_sum, self.advantage_sum, self.advantages)}
+        # whether reflecting pays: answer accuracy of the responses with reflection words and of the rest,
+        # each only when the step had such responses (no responses is not an accuracy of 0)
+        plain = self.completions - self.reflective_responses
+        if self.reflective_responses:
+            out["response/reflective_accuracy"] = self.reflective_correct / self.reflective_responses
+        if plain:
+            out["response/plain_accuracy"] = (self.accuracy_sum - self.reflective_correct) / plain
+        return out
 
 
 @dataclass

@@ -29,7 +29,7 @@ from grpo.device import init_distributed, max_memory_allocated_gb, peak_rss_gb, 
 from grpo.errors import RunFailed, UserError
 from grpo.evaluate import Evaluator, format_table, should_evaluate
 from grpo.experience import collect_rollout
-from grpo.metrics import MetricsWriter, PhaseTimer, reduce_across_ranks, reduce_stats, reflection_count
+from grpo.metrics import MetricsWriter, PhaseTimer, is_reflective, reduce_across_ranks, reduce_stats
 from grpo.report import write_report
 from grpo.rewards import RewardFunction
 from grpo.rollout import build_rollout_engine
@@ -262,6 +262,7 @@ class Trainer:
         """This rank's counts of what the rollout held (reduced over ranks by the caller)."""
         completions = rollout.completions()
         results = [r for group in rollout.results for r in group]
+        reflective = [is_reflective(c.text) for c in completions]
         stats = RolloutStats(
             completions=float(len(completions)), reward_sum=float(rollout.rewards_PG.sum()),
             reward_sq_sum=float((rollout.rewards_PG ** 2).sum()),
@@ -273,7 +274,8 @@ class Trainer:
             response_tokens=float(sum(len(c.token_ids) for c in completions)),
             response_length_max=float(max(len(c.token_ids) for c in completions)),
             clipped_responses=float(sum(c.finish_reason == "length" for c in completions)),
-            reflective_responses=float(reflection_count([c.text for c in completions])),
+            reflective_responses=float(sum(reflective)),
+            reflective_correct=sum(r.components.get("accuracy", 0.0) for r, flag in zip(results, reflective) if flag),
             advantages=float(advantages.numel()), advantage_sum=float(advantages.sum()),
             advantage_sq_sum=float((advantages ** 2).sum()),
             advantage_max=float(advantages.max()) if advantages.numel() else float("-inf"),

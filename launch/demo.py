@@ -4,9 +4,10 @@ Builds (or reuses) the tiny Countdown base model (launch/build_base.py), trains 
 `torchrun --nproc_per_node 2` with recipes/countdown_tiny.yaml, which evaluates greedy accuracy on
 the held-out Countdown problems before the first step and after the last, then prints the
 before/after table and writes RUN_DIR/summary.json: accuracy_before, accuracy_after, minutes, and
-R1-Zero's other two signs, response_length and reflection_rate (the share of responses that re-check
-themselves) over the first and the last 20 steps, plus one held-out prompt's greedy completions before
-and after (example). RUN_DIR/report.md opens with the figure of all three against step.
+R1-Zero's other two signs, response_length and reflection_rate (the share of responses with reflection
+words: a retry after "wait", a "verify") over the first and the last 20 steps, reflection_pays (the
+answer accuracy of those responses and of the rest over the last 20 steps), plus one held-out prompt's
+greedy completions before and after (example). RUN_DIR/report.md opens with the figure of all three against step.
 
     python launch/demo.py [--run-dir runs/demo] [section.key=value ...]   (overrides go to the recipe)
 """
@@ -62,7 +63,11 @@ def main(argv: list[str]) -> int:
         length, checks = summary["response_length"], summary["reflection_rate"]
         print(f"\ntraining samples, mean of the first {SIGNATURE_STEPS} steps -> the last {SIGNATURE_STEPS}: response "
               f"length {length['first']:.1f} -> {length['last']:.1f} tokens ({100 * length['change']:+.0f}%), "
-              f"responses that re-check {100 * checks['first']:.1f}% -> {100 * checks['last']:.1f}%")
+              f"responses with reflection words {100 * checks['first']:.1f}% -> {100 * checks['last']:.1f}%")
+        pays = summary.get("reflection_pays", {})
+        if pays.get("with") is not None and pays.get("without") is not None:
+            print(f"over the last {pays['steps']} steps, responses with reflection words were right "
+                  f"{100 * pays['with']:.1f}% of the time, the others {100 * pays['without']:.1f}%")
     print(f"\n{minutes:.1f} minutes; summary: {run_dir / 'summary.json'}; report: {run_dir / 'report.md'}; "
           f"curves: tensorboard --logdir {args.run_dir}")
     return 0
@@ -96,9 +101,24 @@ def signature(run_dir: Path) -> dict:
             last = sum(r[key] for r in rows[-SIGNATURE_STEPS:]) / SIGNATURE_STEPS
             out[name] = {"first": first, "last": last, "change": (last - first) / first if first else None,
                          "steps": SIGNATURE_STEPS}
+        out["reflection_pays"] = reflection_pays(rows[-SIGNATURE_STEPS:])
     pair = before_after(run_dir)
     if pair is not None:
         out["example"] = {"before": pair[0], "after": pair[1]}
+    return out
+
+
+def reflection_pays(rows: list[dict]) -> dict:
+    """Answer accuracy of the responses with reflection words and of the rest, pooled over `rows` (steps of
+    equal size): each step's accuracy weighted by how many of its responses fell on that side. None for a
+    side no response fell on."""
+    sides = {"with": ("response/reflective_accuracy", lambda rate: rate),
+             "without": ("response/plain_accuracy", lambda rate: 1.0 - rate)}
+    out: dict = {"steps": len(rows)}
+    for side, (key, weight_of) in sides.items():
+        weights = [weight_of(r.get("response/reflection_rate", 0.0)) for r in rows]
+        total = sum(w for w, r in zip(weights, rows) if key in r)
+        out[side] = sum(w * r[key] for w, r in zip(weights, rows) if key in r) / total if total else None
     return out
 
 

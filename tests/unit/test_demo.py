@@ -55,8 +55,21 @@ def test_summary_holds_the_other_two_signs_and_an_example(tmp_path):
     # means of steps 1-20 and 21-40: length 30 -> 45 is +50%; re-checking 0.05 -> 0.5
     assert out["response_length"] == {"first": 30.0, "last": 45.0, "change": 0.5, "steps": 20}
     assert out["reflection_rate"]["first"] == pytest.approx(0.05) and out["reflection_rate"]["last"] == 0.5
+    assert out["reflection_pays"] == {"steps": 20, "with": None, "without": None}  # these rows did not split it
     # the example is the prompt whose greedy verdict changed (index 1), before and after
     assert out["example"]["before"]["response"] == "r0-1" and out["example"]["after"]["response"] == "r40-1"
+
+
+def test_reflection_pays_pools_steps_by_how_many_responses_fell_on_each_side():
+    # step 1: 10% reflect, right 100% of the time, the rest 20%; step 2: 30% reflect, right 50%, the rest 40%;
+    # step 3: nobody reflects, the rest 40%. with: (0.1 * 1.0 + 0.3 * 0.5) / (0.1 + 0.3) = 0.625;
+    # without: (0.9 * 0.2 + 0.7 * 0.4 + 1.0 * 0.4) / (0.9 + 0.7 + 1.0) = 0.86 / 2.6
+    rows = [{"response/reflection_rate": 0.1, "response/reflective_accuracy": 1.0, "response/plain_accuracy": 0.2},
+            {"response/reflection_rate": 0.3, "response/reflective_accuracy": 0.5, "response/plain_accuracy": 0.4},
+            {"response/reflection_rate": 0.0, "response/plain_accuracy": 0.4}]
+    out = demo.reflection_pays(rows)
+    assert out["with"] == pytest.approx(0.625) and out["steps"] == 3
+    assert out["without"] == pytest.approx(0.86 / 2.6)
 
 
 def test_the_report_opens_with_the_signature_figure_and_the_example(tmp_path):

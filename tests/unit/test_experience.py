@@ -127,8 +127,21 @@ def test_metrics_divide_by_the_declared_denominators_and_skip_what_was_not_measu
     assert metrics["response/length_mean"] == 10.0 and metrics["reward/accuracy"] == 0.25
     assert metrics["reward/accuracy/a"] == 0.5 and "reward/accuracy/b" not in metrics  # b had no completions
     assert not any(key.startswith("dynamic/") or key == "reward/kl_penalty" for key in metrics)  # None: not measured
+    # no response had a reflection word: no reflective accuracy (not 0), the rest's is the overall 2/8
+    assert "response/reflective_accuracy" not in metrics and metrics["response/plain_accuracy"] == 0.25
     update = UpdateStats(updates=2, loss_total=3.0, loss_token_passes=0.0, clipped_tokens=0.0)
     assert update.metrics()["loss/total"] == 1.5 and update.metrics()["policy/clip_frac"] == 0.0  # 0/0 reads 0
+
+
+def test_reflective_and_plain_accuracy_split_the_right_answers():
+    # 8 responses, 3 with reflection words of which 2 are right; 5 without, of which 1 is right (3 right in all)
+    metrics = RolloutStats(completions=8, accuracy_sum=3, reflective_responses=3, reflective_correct=2,
+                           tries=None, filled_groups=None, dropped_groups=None, kl_penalty_sum=None).metrics()
+    assert metrics["response/reflection_rate"] == 3 / 8
+    assert metrics["response/reflective_accuracy"] == 2 / 3 and metrics["response/plain_accuracy"] == 1 / 5
+    everyone = RolloutStats(completions=4, accuracy_sum=1, reflective_responses=4, reflective_correct=1,
+                            tries=None, filled_groups=None, dropped_groups=None, kl_penalty_sum=None).metrics()
+    assert everyone["response/reflective_accuracy"] == 0.25 and "response/plain_accuracy" not in everyone
 
 
 def test_flatten_and_unflatten_round_trip():
