@@ -135,7 +135,8 @@ def verify_countdown(response: str, ground_truth: Any) -> bool:
 # "a op b = c" in the reasoning: non-negative literals, as Countdown's numbers and hand-written steps are
 _WORKED_EQUATION_RE = re.compile(r"(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)")
 _WORKED_LINE_CHARS = 1000  # a worked line longer than this is not a step a person writes; judged as not shown
-_WORKED_OPS = {"+": ast.Add, "-": ast.Sub, "*": ast.Mult, "/": ast.Div}
+_WORKED_OPS = {"+": _BINARY_OPS[ast.Add], "-": _BINARY_OPS[ast.Sub], "*": _BINARY_OPS[ast.Mult],
+               "/": _BINARY_OPS[ast.Div]}
 
 
 def work_reaches_target(response: str, target: int) -> bool:
@@ -155,7 +156,7 @@ def work_reaches_target(response: str, target: int) -> bool:
     for left, op, right, result in equations:
         if op == "/" and int(right) == 0:
             return False
-        if _BINARY_OPS[_WORKED_OPS[op]](Fraction(int(left)), Fraction(int(right))) != int(result):
+        if _WORKED_OPS[op](Fraction(int(left)), Fraction(int(right))) != int(result):
             return False
     return int(equations[-1][3]) == target
 
