@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 import re
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 from grpo.errors import UserError
 from grpo.rewards.extract import last_answer_block
@@ -87,7 +87,7 @@ def _integer_literals(tree: ast.AST) -> list[int]:
     return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) is int]
 
 
-def _parse_ground_truth(ground_truth: Any) -> tuple[list[int], int]:
+def parse_ground_truth(ground_truth: Any) -> tuple[list[int], int]:
     """(numbers, target) from {"numbers": [...], "target": int}; numbers may be a numpy array."""
     try:
         numbers = [int(n) for n in list(ground_truth["numbers"])]
@@ -102,7 +102,7 @@ def _parse_ground_truth(ground_truth: Any) -> tuple[list[int], int]:
 
 def score_countdown(response: str, ground_truth: Any) -> RewardResult:
     """TinyZero countdown score of `response` with components {"accuracy", "format"}."""
-    numbers, target = _parse_ground_truth(ground_truth)
+    numbers, target = parse_ground_truth(ground_truth)
     no_answer = RewardResult(0.0, {"accuracy": 0.0, "format": 0.0})
     wrong = RewardResult(FORMAT_SCORE, {"accuracy": 0.0, "format": 1.0})
 
@@ -139,6 +139,34 @@ _WORKED_OPS = {"+": _BINARY_OPS[ast.Add], "-": _BINARY_OPS[ast.Sub], "*": _BINAR
                "/": _BINARY_OPS[ast.Div]}
 
 
+def worked_lines(response: str) -> list[str]:
+    """The lines of the reasoning (the text before the last "</think>", all of it when there is none) that
+    hold at least one "a op b = c" equation: the tries, re-checks and retries, in order."""
+    think = response.rsplit("</think>", 1)[0]
+    return [line for line in think.splitlines() if _WORKED_EQUATION_RE.search(line)]
+
+
+class FirstTry(NamedTuple):
+    """How a response's first worked line ended and whether the reasoning went on after it."""
+
+    reached_target: bool  # its last equation's result is the target (as written, true or not)
+    went_on: bool  # another worked line follows it (a retry after a miss, a re-check after a hit)
+
+
+def first_try(response: str, target: int) -> FirstTry | None:
+    """The first worked line's outcome, or None when the reasoning has no worked line (or one too long to be a step).
+
+    For 19: "7*3=21,21+2=23" then "wait 7*3=21,21-2=19" is FirstTry(False, True), a miss followed by a
+    retry; "7*3=21,21+2=23" alone is FirstTry(False, False), a miss the response stopped at. Whether retrying
+    after a miss pays is the accuracy of the first kind against the second (launch/demo.py reports it).
+    """
+    lines = worked_lines(response)
+    if not lines or len(lines[0]) > _WORKED_LINE_CHARS:
+        return None
+    result = _WORKED_EQUATION_RE.findall(lines[0])[-1][3]
+    return FirstTry(reached_target=int(result) == target, went_on=len(lines) > 1)
+
+
 def work_reaches_target(response: str, target: int) -> bool:
     """Whether the reasoning's last worked line derives `target` with true arithmetic.
 
@@ -148,8 +176,7 @@ def work_reaches_target(response: str, target: int) -> bool:
     "7*3=20,20-1=19" (a false step) and a response with no worked line do not. Earlier lines (abandoned
     tries) are not judged.
     """
-    think = response.rsplit("</think>", 1)[0]
-    lines = [line for line in think.splitlines() if _WORKED_EQUATION_RE.search(line)]
+    lines = worked_lines(response)
     if not lines or len(lines[-1]) > _WORKED_LINE_CHARS:
         return False
     equations = _WORKED_EQUATION_RE.findall(lines[-1])
@@ -179,7 +206,7 @@ def score_countdown_shown(data_source: str, response: str, ground_truth: Any, pr
         raise UserError(f"score_countdown_shown scores countdown rows only, got data_source {data_source!r}; "
                         f"leave reward.functions empty to route each row by its data_source")
     result = score_countdown(response, ground_truth)
-    _, target = _parse_ground_truth(ground_truth)
+    _, target = parse_ground_truth(ground_truth)
     work = work_reaches_target(response, target)
     score = result.score if work or result.score < CORRECT_SCORE else FORMAT_SCORE
     return RewardResult(score, {**result.components, "work": float(work)})

@@ -183,6 +183,19 @@ def test_work_reaches_target(lines, shown):
     assert countdown.work_reaches_target(worked(*lines), 19) is shown
 
 
+@pytest.mark.parametrize("lines, outcome", [
+    (["7*3=21,21-2=19"], (True, False)),                         # a hit, nothing after it
+    (["7*3=21,21-2=19", "verify 7*3=21,21-2=19 ok"], (True, True)),  # a hit, then a re-check
+    (["7*3=21,21+2=23"], (False, False)),                        # a miss the response stops at
+    (["7*3=21,21+2=23", "wait 7*3=21,21-2=19"], (False, True)),  # a miss, then a retry
+    (["7*3=20,20-1=19"], (True, False)),                         # judged as written: the false step still "reaches" 19
+    (["no steps here"], None),                                   # no worked line: no first try
+    (["1+1=2," * 200], None),                                    # 1200 characters: not a step anyone writes
+])
+def test_first_try(lines, outcome):
+    assert countdown.first_try(worked(*lines), 19) == outcome
+
+
 def test_score_countdown_shown_pays_a_right_answer_only_with_its_derivation():
     shown = countdown.score_countdown_shown("countdown", worked("7*3=21,21-2=19"), SMALL)
     assert shown == RewardResult(1.0, {"accuracy": 1.0, "format": 1.0, "work": 1.0})
