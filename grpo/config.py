@@ -289,6 +289,8 @@ class EvalConfig:
     """Also evaluate before the first step, as the baseline of a before/after comparison."""
     at_end: bool = True
     """Evaluate after the last step (when eval.files is not empty)."""
+    save_completions: bool = False
+    """Also write every evaluated completion (greedy and sampled, with its verdict) to LOG_DIR/eval_completions.jsonl."""
 
 
 @dataclass

@@ -180,7 +180,7 @@ class Evaluator:
     def __init__(self, benchmarks: dict[str, list[PromptRecord]], k: int = 4, temperature: float = 1.0,
                  max_new_tokens: int = 1024, stop: list[str] | tuple[str, ...] = (), seed: int = 0, rank: int = 0,
                  world_size: int = 1, device: Any = None, log: Callable[[str], None] | None = None,
-                 num_samples: int = 2, sizes: dict[str, int] | None = None):
+                 num_samples: int = 2, sizes: dict[str, int] | None = None, save_completions: bool = False):
         for key, ok, problem in [("eval.k", k >= 0, f"must be >= 0 (0: greedy only), got {k}"),
                                  ("eval.temperature", temperature > 0, f"must be > 0, got {temperature}"),
                                  ("eval.max_new_tokens", max_new_tokens >= 1, f"must be at least 1, got {max_new_tokens}")]:
@@ -196,6 +196,8 @@ class Evaluator:
         self.log = log if rank == 0 else None
         self.num_samples = num_samples
         self.samples: list[dict[str, Any]] = []  # a few of this rank's greedy completions per benchmark, from the last run
+        self.save_completions = save_completions
+        self.completions: list[dict[str, Any]] = []  # with save_completions: every rank's, after the last run
 
     @classmethod
     def from_config(cls, cfg, tokenizer, dist, log: Callable[[str], None] | None = None,
@@ -227,18 +229,24 @@ class Evaluator:
         stop = stop_strings(cfg.data.template, cfg.data.templates_file, r.stop)
         return cls(benchmarks, k=e.k, temperature=e.temperature, max_new_tokens=max_new_tokens, stop=stop,
                    seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, device=dist.device, log=log,
-                   sizes=sizes)
+                   sizes=sizes, save_completions=e.save_completions)
 
     def run(self, engine) -> dict[str, float]:
         """Generate, verify and count every benchmark; returns the metrics summed over ranks (same on every rank)."""
-        from grpo.metrics import reduce_across_ranks  # torch: imported here so launch/eval.py checks its input fast
+        import torch.distributed as dist  # torch: imported here so launch/eval.py checks its input fast
 
-        self.samples = []
+        from grpo.metrics import reduce_across_ranks
+
+        self.samples, self.completions = [], []
         sums: dict[str, float] = {}
         for index, (name, records) in enumerate(self.benchmarks.items()):
             counts = self._benchmark(index, name, records, engine)
             sums.update({f"{name}\t{field}": float(value) for field, value in asdict(counts).items()})
         total = reduce_across_ranks(sums, {}, self.device)
+        if self.save_completions and self.world_size > 1 and dist.is_initialized():  # no group: this rank's own
+            shares: list[Any] = [None] * self.world_size
+            dist.all_gather_object(shares, self.completions)
+            self.completions = [c for share in shares for c in share]
         metrics: dict[str, float] = {}
         for name in self.benchmarks:
             fields = {f: total[f"{name}\t{f}"] for f in BenchmarkCounts.__dataclass_fields__}
@@ -274,6 +282,13 @@ class Evaluator:
             group_ok = sampled_ok[p * self.k:(p + 1) * self.k]
             answers = [answer_key(kind, c.text) for c in sampled[p]]
             counts.add(greedy_ok[p], len(greedy[p][0].token_ids), group_ok, answers)
+        if self.save_completions:
+            for r, g, group, ok, group_ok in zip(mine, greedy, sampled, greedy_ok,
+                                                 [sampled_ok[p * self.k:(p + 1) * self.k] for p in range(len(mine))]):
+                base = {"benchmark": name, "index": r.index, "ground_truth": r.ground_truth}
+                self.completions.append({**base, "sample": "greedy", "response": g[0].text, "correct": bool(ok)})
+                self.completions += [{**base, "sample": j, "response": c.text, "correct": bool(c_ok)}
+                                     for j, (c, c_ok) in enumerate(zip(group, group_ok))]
         self.samples += [{"benchmark": name, "index": r.index, "prompt": r.prompt_text, "response": g[0].text,
                           "correct": bool(ok), "ground_truth": r.ground_truth}
                          for r, g, ok in list(zip(mine, greedy, greedy_ok))[:self.num_samples]]

@@ -95,7 +95,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl", "eval_completions.jsonl"):
             _keep_steps_up_to(self.run_dir / name, start_step)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._samples = open(self.run_dir / "samples.jsonl", "a")
@@ -147,7 +147,16 @@ class MetricsWriter:
             return
         with open(self.run_dir / "eval_samples.jsonl", "a") as f:
             for sample in samples:
-                f.write(json.dumps({"step": step, **sample}, default=str) + "\n")
+                f.write(json.dumps({"step": step, **sample}, default=jsonable) + "\n")
+
+    def log_eval_completions(self, step: int, completions: list[dict]) -> None:
+        """Every evaluated completion (eval.save_completions) to LOG_DIR/eval_completions.jsonl, one line each
+        with the step, benchmark, prompt index, sample ("greedy" or 0..k-1), response and verdict."""
+        if not self.enabled or not completions:
+            return
+        with open(self.run_dir / "eval_completions.jsonl", "a") as f:
+            for completion in completions:
+                f.write(json.dumps({"step": step, **completion}, default=jsonable) + "\n")
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled or not samples:
@@ -178,6 +187,11 @@ class MetricsWriter:
             self._tb.close()
         self._metrics.close()
         self._samples.close()
+
+
+def jsonable(value):
+    """json.dumps' fallback: numpy arrays and scalars (parquet ground truths) as lists and numbers, the rest as text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def _keep_steps_up_to(path: Path, last_step: int) -> None:

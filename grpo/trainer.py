@@ -326,6 +326,7 @@ class Trainer:
         training_mode(self.rollout)
         writer.log_eval(step, metrics)
         writer.log_eval_samples(step, self.evaluator.samples)
+        writer.log_eval_completions(step, self.evaluator.completions)
         writer.message(f"evaluation at step {step}:\n{format_table(metrics)}")
         return metrics
 

@@ -11,7 +11,7 @@ NAME=FILE or FILE (named by its stem); one --template renders them all (Countdow
 whole prompt: evaluate them with --template raw). Trailing section.key=value arguments set any other
 config key, e.g. rollout.kv_cache_mb=512 or data.max_prompt_length=1024. Prints the results table and
 writes OUT/eval.json, OUT/samples.jsonl (a few greedy completions) and TensorBoard scalars in
-OUT/tensorboard. Runs as plain python (one process) or under torchrun (prompts split over ranks).
+OUT/tensorboard; with eval.save_completions=true also OUT/completions.jsonl (every completion and its verdict). Runs as plain python (one process) or under torchrun (prompts split over ranks).
 Mistakes in the input print one line and exit with code 2.
 """
 from __future__ import annotations
@@ -85,16 +85,21 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
-def write_outputs(out: Path, metrics: dict[str, float], samples: list[dict], meta: dict, step: int) -> None:
-    """OUT/eval.json, OUT/samples.jsonl and TensorBoard scalars at `step` in OUT/tensorboard (rank 0 only)."""
+def write_outputs(out: Path, metrics: dict[str, float], samples: list[dict], meta: dict, step: int,
+                  completions: list[dict] = ()) -> None:
+    """OUT/eval.json, OUT/samples.jsonl, OUT/completions.jsonl when there are any, and TensorBoard scalars at
+    `step` in OUT/tensorboard (rank 0 only)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from grpo.evaluate import write_eval_json
+    from grpo.metrics import jsonable
 
     write_eval_json(out / "eval.json", metrics, meta)
-    with open(out / "samples.jsonl", "w") as f:
-        for sample in samples:
-            f.write(json.dumps(sample, default=str) + "\n")
+    for name, rows in (("samples.jsonl", samples), ("completions.jsonl", completions)):
+        if rows or name == "samples.jsonl":
+            with open(out / name, "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row, default=jsonable) + "\n")
     writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     for key, value in metrics.items():
         writer.add_scalar(key, value, step)
@@ -132,7 +137,7 @@ def main(argv: list[str]) -> int:
                     "max_new_tokens": evaluator.max_new_tokens, "max_prompt_length": cfg.data.max_prompt_length,
                     "stop": evaluator.stop, "seed": cfg.train.seed,
                     "world_size": dist.world_size, "files": dict(parse_benchmark_spec(s) for s in cfg.eval.files)}
-            write_outputs(out, metrics, evaluator.samples, meta, args.step)
+            write_outputs(out, metrics, evaluator.samples, meta, args.step, evaluator.completions)
             print(format_table(metrics), flush=True)
             print(f"wrote {out / 'eval.json'}, {out / 'samples.jsonl'} and {out / 'tensorboard'}", flush=True)
     except UserError as e:

@@ -26,7 +26,7 @@ REQUIRED_KEYS = [
 def eval_overrides(tiny_dir) -> list[str]:
     """Evaluation while training, on 8 held-out prompts (4 per rank): before step 1, at step 2 and at the end."""
     return [f"eval.files=[held_out={tiny_dir / 'countdown_test.parquet'}]", "eval.max_prompts=8", "eval.k=2",
-            "eval.max_new_tokens=16", "eval.every_steps=2", "eval.at_start=true"]
+            "eval.max_new_tokens=16", "eval.every_steps=2", "eval.at_start=true", "eval.save_completions=true"]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,14 @@ def test_evaluation_runs_while_training_on_cadence(torchrun_run):
     rows = {row["step"]: row for row in read_metrics(torchrun_run)}
     assert "eval/held_out/pass@1" in rows[2] and "eval/held_out/pass@1" not in rows[1]  # logged with the step
     assert rows[3]["eval/held_out/pass@1"] == evals["step 3"]["eval/held_out/pass@1"]
+    # every completion of both ranks: 8 prompts x (1 greedy + 2 sampled) = 24 per evaluation, verdicts as counted
+    completions = [json.loads(line) for line in (torchrun_run / "eval_completions.jsonl").read_text().splitlines()]
+    for label, metrics in evals.items():
+        mine = [c for c in completions if c["step"] == int(label.split()[-1])]
+        assert len(mine) == 24 and len({c["index"] for c in mine}) == 8, label
+        greedy = [c["correct"] for c in mine if c["sample"] == "greedy"]
+        sampled = [c["correct"] for c in mine if c["sample"] != "greedy"]
+        assert sum(greedy) / 8 == metrics["eval/held_out/pass@1"] and sum(sampled) / 16 == metrics["eval/held_out/avg@2"]
 
 
 def test_sampler_used_the_synced_weights(torchrun_run):

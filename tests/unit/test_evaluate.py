@@ -191,6 +191,43 @@ def test_evaluator_reaches_the_hand_worked_metrics_through_verify_batch():
     assert table.splitlines()[1].split() == ["cd", "3", "3", "0.667", "0.417", "0.333", "0.667", "5.0"]
 
 
+def test_evaluator_keeps_every_completion_with_its_verdict_when_asked():
+    evaluator = Evaluator({"cd": RECORDS}, k=4, save_completions=True)
+    evaluator.run(ScriptedEngine())
+    # 3 prompts x (1 greedy + 4 sampled) = 15, in prompt order, greedy first
+    assert len(evaluator.completions) == 15
+    first = evaluator.completions[:5]
+    assert [c["sample"] for c in first] == ["greedy", 0, 1, 2, 3]
+    assert [c["response"] for c in first] == [SCRIPT[0][0], *SCRIPT[0][2]]
+    assert [c["correct"] for c in first] == [True, True, True, False, False]  # SCRIPT's notes for prompt 0
+    assert {c["benchmark"] for c in evaluator.completions} == {"cd"}
+    assert evaluator.completions[-1]["ground_truth"] == {"numbers": [1, 2, 3], "target": 0}
+    # avg@4 = 5/12 of SCRIPT's samples are right; the saved verdicts agree
+    assert sum(c["correct"] for c in evaluator.completions if c["sample"] != "greedy") == 5
+    plain = Evaluator({"cd": RECORDS}, k=4)
+    plain.run(ScriptedEngine())
+    assert plain.completions == []  # off by default
+
+
+def test_completions_file_keeps_parquet_ground_truths_readable(tmp_path):
+    import json
+
+    import numpy as np
+
+    from grpo.metrics import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path), rank=0, start_step=0, total_steps=1, tensorboard=False, progress=False)
+    # parquet gives a countdown row's numbers as a numpy array; it must come back as a list, not "[7 3 2]"
+    truth = {"numbers": np.array([7, 3, 2]), "target": np.int64(19)}
+    writer.log_eval_completions(5, [{"benchmark": "cd", "index": 0, "sample": "greedy", "response": "r",
+                                     "correct": True, "ground_truth": truth}])
+    MetricsWriter(str(tmp_path), rank=1, start_step=0, total_steps=1, tensorboard=False,
+                  progress=False).log_eval_completions(5, [{"response": "rank 1 writes nothing"}])
+    lines = (tmp_path / "eval_completions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["ground_truth"] for line in lines] == [{"numbers": [7, 3, 2], "target": 19}]
+    assert json.loads(lines[0])["step"] == 5
+
+
 def test_each_rank_takes_every_world_size_th_prompt():
     # Without a process group the sums stay local, so each rank's metrics are its own share's.
     shares = {}
@@ -310,7 +347,7 @@ def test_eval_cli_on_countdown_and_gsm8k(tiny_dir, tmp_path):
     result = run_eval_cli(str(tiny_dir / "model"), "--benchmarks",
                           f"cd={tiny_dir / 'countdown_test.parquet'},gsm8k={gsm8k}", "--max-prompts", "4",
                           "--k", "2", "--max-new-tokens", "8", "--dtype", "float32", "--out", str(out),
-                          "--step", "7", "rollout.batch_size=16")
+                          "--step", "7", "rollout.batch_size=16", "eval.save_completions=true")
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "eval.json").read_text())
     assert data["benchmarks"].keys() == {"cd", "gsm8k"}
@@ -321,6 +358,10 @@ def test_eval_cli_on_countdown_and_gsm8k(tiny_dir, tmp_path):
     assert (data["k"], data["step"], data["template"], data["world_size"]) == (2, 7, "qwen_r1", 1)
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4  # 2 greedy completions per benchmark
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # every completion: 2 benchmarks x 4 prompts x (1 greedy + 2 sampled) = 24, countdown's numbers as a list
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert len(completions) == 24 and sum(c["benchmark"] == "cd" for c in completions) == 12
+    assert all(isinstance(c["ground_truth"]["numbers"], list) for c in completions if c["benchmark"] == "cd")
     table = result.stdout[result.stdout.index("benchmark"):].splitlines()
     assert table[1].split()[:2] == ["cd", "4"] and table[2].split()[:2] == ["gsm8k", "4"]
 
