@@ -6,8 +6,10 @@ the held-out Countdown problems before the first step and after the last, then p
 before/after table and writes RUN_DIR/summary.json: accuracy_before, accuracy_after, minutes, and
 R1-Zero's other two signs, response_length and reflection_rate (the share of responses with reflection
 words: a retry after "wait", a "verify") over the first and the last 20 steps, reflection_pays (the
-answer accuracy of those responses and of the rest over the last 20 steps), plus one held-out prompt's
-greedy completions before and after (example). RUN_DIR/report.md opens with the figure of all three against step.
+answer accuracy of those responses and of the rest over the last 20 steps), after_a_miss (from the
+held-out samples before and after training: how often a response whose first try misses tries again, and how
+often those that do and those that stop are right), plus one held-out prompt's greedy completions before and
+after (example). RUN_DIR/report.md opens with the figure of all three against step.
 
     python launch/demo.py [--run-dir runs/demo] [section.key=value ...]   (overrides go to the recipe)
 """
@@ -68,6 +70,12 @@ def main(argv: list[str]) -> int:
         if pays.get("with") is not None and pays.get("without") is not None:
             print(f"over the last {pays['steps']} steps, responses with reflection words were right "
                   f"{100 * pays['with']:.1f}% of the time, the others {100 * pays['without']:.1f}%")
+    for when, miss in summary.get("after_a_miss", {}).items():
+        if miss["went_on"] is not None:
+            going_on, stopping = (f"{100 * miss[k]:.1f}%" if miss[k] is not None else "-"
+                                  for k in ("right_going_on", "right_stopping"))
+            print(f"held-out samples {when} training: after a missed first try {100 * miss['went_on']:.0f}% try again "
+                  f"and are right {going_on} of the time; those that stop are right {stopping}")
     print(f"\n{minutes:.1f} minutes; summary: {run_dir / 'summary.json'}; report: {run_dir / 'report.md'}; "
           f"curves: tensorboard --logdir {args.run_dir}")
     return 0
@@ -102,6 +110,13 @@ def signature(run_dir: Path) -> dict:
             out[name] = {"first": first, "last": last, "change": (last - first) / first if first else None,
                          "steps": SIGNATURE_STEPS}
         out["reflection_pays"] = reflection_pays(rows[-SIGNATURE_STEPS:])
+    path = run_dir / "eval_completions.jsonl"
+    if path.exists():
+        completions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        steps = sorted({c["step"] for c in completions})
+        if len(steps) >= 2:
+            out["after_a_miss"] = {"before": after_a_miss([c for c in completions if c["step"] == steps[0]]),
+                                   "after": after_a_miss([c for c in completions if c["step"] == steps[-1]])}
     pair = before_after(run_dir)
     if pair is not None:
         out["example"] = {"before": pair[0], "after": pair[1]}
@@ -120,6 +135,28 @@ def reflection_pays(rows: list[dict]) -> dict:
         total = sum(w for w, r in zip(weights, rows) if key in r)
         out[side] = sum(w * r[key] for w, r in zip(weights, rows) if key in r) / total if total else None
     return out
+
+
+def after_a_miss(completions: list[dict]) -> dict:
+    """Whether going on after a missed first try pays, from one evaluation's sampled Countdown completions
+    (eval_completions.jsonl rows of BENCHMARK): of the responses whose first worked line misses the target
+    (grpo.rewards.countdown.first_try), the share that try again, and the answer accuracy of those that do and
+    of those that stop. Unlike reflection_pays, both sides start from the same place, a miss. None for an
+    empty side."""
+    from grpo.rewards.countdown import parse_ground_truth, first_try
+
+    sampled = [c for c in completions if c["benchmark"] == BENCHMARK and c["sample"] != "greedy"]
+    missed = []
+    for c in sampled:
+        outcome = first_try(c["response"], parse_ground_truth(c["ground_truth"])[1])
+        if outcome is not None and not outcome.reached_target:
+            missed.append((outcome.went_on, c["correct"]))
+    going_on = [correct for went_on, correct in missed if went_on]
+    stopping = [correct for went_on, correct in missed if not went_on]
+    rate = lambda part, whole: len(part) / len(whole) if whole else None  # noqa: E731
+    return {"responses": len(sampled), "first_try_missed": rate(missed, sampled), "went_on": rate(going_on, missed),
+            "right_going_on": sum(going_on) / len(going_on) if going_on else None,
+            "right_stopping": sum(stopping) / len(stopping) if stopping else None}
 
 
 def before_after_table(summary: dict) -> str:

@@ -72,6 +72,41 @@ def test_reflection_pays_pools_steps_by_how_many_responses_fell_on_each_side():
     assert out["without"] == pytest.approx(0.86 / 2.6)
 
 
+def completion(response: str, correct: bool, sample=0, step: int = 40) -> dict:
+    return {"step": step, "benchmark": "countdown_test", "index": 0, "sample": sample, "response": response,
+            "correct": correct, "ground_truth": {"numbers": [7, 3, 2], "target": 19}}
+
+
+def test_after_a_miss_compares_retrying_with_stopping_from_the_same_start():
+    hit, miss, retry = "7*3=21,21-2=19", "7*3=21,21+2=23", "wait 7*3=21,21-2=19"
+    rows = [completion(f"{hit}\n</think>", True),                    # first try hits: not counted as a miss
+            completion(f"{miss}\n{retry}\n</think>", True),          # miss, retry, right
+            completion(f"{miss}\n{retry}\n</think>", False),         # miss, retry, wrong answer anyway
+            completion(f"{miss}\nwait 7+3=10,10*2=20\n</think>", False),  # miss, retry that misses again
+            completion(f"{miss}\n</think>", False),                   # miss, stops
+            completion("no work\n</think>", False),                   # no try: in the responses, not in the misses
+            completion(f"{miss}\n{retry}\n</think>", True, sample="greedy"),  # greedy: left out (sampled only)
+            {**completion(f"{miss}\n</think>", True), "benchmark": "other"}]  # another benchmark: left out
+    out = demo.after_a_miss(rows)
+    # 6 sampled countdown responses; 4 first tries miss; 3 of those go on, right 1 of 3; the 1 that stops is wrong
+    assert out["responses"] == 6 and out["first_try_missed"] == pytest.approx(4 / 6)
+    assert out["went_on"] == pytest.approx(3 / 4)
+    assert out["right_going_on"] == pytest.approx(1 / 3) and out["right_stopping"] == 0.0
+    assert demo.after_a_miss([completion(f"{hit}\n</think>", True)])["went_on"] is None  # no miss at all
+
+
+def test_signature_reads_after_a_miss_at_the_first_and_last_evaluation(tmp_path):
+    import json
+
+    write_run(tmp_path)
+    rows = [completion("7*3=21,21+2=23\n</think>", False, step=0),  # before: a miss, stopped
+            completion("7*3=21,21+2=23\nwait 7*3=21,21-2=19\n</think>", True, step=40)]  # after: a miss, retried
+    (tmp_path / "eval_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = demo.signature(tmp_path)["after_a_miss"]
+    assert (out["before"]["went_on"], out["before"]["right_stopping"]) == (0.0, 0.0)
+    assert (out["after"]["went_on"], out["after"]["right_going_on"]) == (1.0, 1.0)
+
+
 def test_the_report_opens_with_the_signature_figure_and_the_example(tmp_path):
     from grpo.report import write_report
 
