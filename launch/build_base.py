@@ -146,22 +146,29 @@ def _task_spans(prompt: str) -> list[tuple[int, int]]:
             (prompt.index(" equals"), prompt.index(" You can use")), (end, len(prompt))]
 
 
-def encode(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int], int]]:
+def encode(tokenizer, examples: list[Example], prompt_cache: dict | None = None) -> list[tuple[list[int], list[int], int]]:
     """(token ids, position ids, prompt length) per example.
 
     Prompt and completion are tokenized apart, as RL does. A short view (full=False) keeps only the
     prompt tokens inside _task_spans (about 20 of 130) but each at its position in the whole prompt:
     with rotary positions the completion then sees the numbers and the target at the same distances
     as under the whole prompt, so what is learnt carries over to it, at a fraction of the tokens.
+    `prompt_cache` (prompt text -> its ids and the short view's token indices), kept across calls, reads each
+    distinct prompt once: the small task space repeats them, and they are most of the encoding time.
     """
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False, return_offsets_mapping=True)
+    cache = {} if prompt_cache is None else prompt_cache
+    new = list(dict.fromkeys(e.prompt for e in examples if e.prompt not in cache))
+    if new:
+        encoded = tokenizer(new, add_special_tokens=False, return_offsets_mapping=True)
+        for prompt, ids, offsets in zip(new, encoded["input_ids"], encoded["offset_mapping"]):
+            spans = _task_spans(prompt)
+            short = [i for i, (start, end) in enumerate(offsets) if any(lo <= start and end <= hi for lo, hi in spans)]
+            cache[prompt] = (ids, short)
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
     out = []
-    for e, ids, offsets, completion in zip(examples, prompts["input_ids"], prompts["offset_mapping"], completions):
-        keep = list(range(len(ids)))
-        if not e.full:
-            spans = _task_spans(e.prompt)
-            keep = [i for i in keep if any(lo <= offsets[i][0] and offsets[i][1] <= hi for lo, hi in spans)]
+    for e, completion in zip(examples, completions):
+        ids, short = cache[e.prompt]
+        keep = list(range(len(ids))) if e.full else short
         positions = keep + list(range(len(ids), len(ids) + len(completion)))
         out.append(([ids[i] for i in keep] + completion, positions, len(keep)))
     return out
@@ -347,12 +354,12 @@ def build(out: Path, minutes: float, seed: int, procs: int = 2, progress: bool =
     test_keys = {problem_key(r) for r in test_rows}
     train_rows = task_rows(TRAIN_ROWS, seed + 1, "train", exclude=test_keys)
     tokenizer, rng = None, random.Random(seed)
-    batches, corpus_keys, tasks, correct = [], set(), 0, 0
+    batches, corpus_keys, tasks, correct, prompt_cache = [], set(), 0, 0, {}
     while len(batches) < steps:  # a chunk at a time, so a short build generates a short corpus
         examples = corpus_examples(CHUNK, seed * 1000 + len(batches), exclude=test_keys)
         if tokenizer is None:
             tokenizer = build_tokenizer(tokenizer_texts(examples[:TOKENIZER_TEXTS]), qwen2_split=True)
-        batches += make_batches(encode(tokenizer, examples), TOKENS_PER_STEP, rng)
+        batches += make_batches(encode(tokenizer, examples, prompt_cache), TOKENS_PER_STEP, rng)
         tasks += len(examples)
         correct += sum(e.correct for e in examples)
         corpus_keys |= {e.key for e in examples}

@@ -156,6 +156,25 @@ def test_short_view_keeps_each_tokens_position():
             assert all(str(n) in kept for n in nums)
 
 
+def test_the_prompt_cache_reads_each_prompt_once_and_changes_nothing():
+    examples = bb.corpus_examples(64, seed=1, exclude=set())
+    tokenizer = bb.build_tokenizer(bb.tokenizer_texts(examples), qwen2_split=True)
+    cache: dict = {}
+    first, second = examples[:40], examples[20:]  # 20 examples shared: their prompts are cached already
+    assert bb.encode(tokenizer, first, cache) + bb.encode(tokenizer, second, cache) == \
+        bb.encode(tokenizer, first) + bb.encode(tokenizer, second)
+    assert set(cache) == {e.prompt for e in examples}
+    # a third pass finds every prompt cached: only the completions go through the tokenizer
+    calls = []
+
+    def counting(texts, **kwargs):
+        calls.append(len(texts))
+        return tokenizer(texts, **kwargs)
+
+    bb.encode(counting, examples, cache)
+    assert calls == [len(examples)]
+
+
 def test_two_processes_make_the_same_steps():
     examples = bb.corpus_examples(48, seed=2, exclude=set())
     tokenizer = bb.build_tokenizer(bb.tokenizer_texts(examples), qwen2_split=True)
