@@ -8,10 +8,14 @@ R1-Zero's other two signs, response_length and reflection_rate (the share of res
 words: a retry after "wait", a "verify") over the first and the last 20 steps, reflection_pays (the
 answer accuracy of those responses and of the rest over the last 20 steps), after_a_miss (from the
 held-out samples before and after training: how often a response whose first try misses tries again, and how
-often those that do and those that stop are right), plus one held-out prompt's greedy completions before and
-after (example). RUN_DIR/report.md opens with the figure of all three against step.
+often those that do and those that stop are right), one held-out prompt's greedy completions before and after
+(example), and base (the base model's seed, steps and final loss). RUN_DIR/report.md opens with the figure
+of all three against step.
 
-    python launch/demo.py [--run-dir runs/demo] [section.key=value ...]   (overrides go to the recipe)
+    python launch/demo.py [--run-dir runs/demo] [--base-seed N] [--base-minutes M] [section.key=value ...]
+
+Overrides go to the recipe; --base-seed and --base-minutes go to build_base.py's --seed and --minutes (a
+cached base built with other settings is rebuilt), to see how much the run depends on the base it starts from.
 """
 from __future__ import annotations
 
@@ -36,12 +40,14 @@ SIGNATURE_STEPS = 20  # response length and re-checking compared over the first 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/demo")
+    parser.add_argument("--base-seed", type=int, help="build_base.py --seed (default: its own)")
+    parser.add_argument("--base-minutes", type=float, help="build_base.py --minutes (default: its own)")
     parser.add_argument("overrides", nargs="*", help="section.key=value for the recipe")
     args = parser.parse_args(argv)
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", HOST_ACCELERATOR),
                HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore::FutureWarning", TOKENIZERS_PARALLELISM="false")
     start = time.time()
-    built = subprocess.run([sys.executable, "launch/build_base.py", "--out", ".cache/base"], cwd=REPO, env=env)
+    built = subprocess.run(base_command(args.base_seed, args.base_minutes), cwd=REPO, env=env)
     if built.returncode != 0:
         print(f"demo: building the base model failed with exit code {built.returncode} (output above)", file=sys.stderr)
         return built.returncode
@@ -58,6 +64,10 @@ def main(argv: list[str]) -> int:
     evals_path = run_dir / "eval.json"
     summary = summarize(json.loads(evals_path.read_text()) if evals_path.exists() else {}, minutes)
     summary.update(signature(run_dir))
+    build = REPO / ".cache" / "base" / "build.json"
+    if build.exists():  # which base this run started from: results depend on it (README)
+        info = json.loads(build.read_text())
+        summary["base"] = {key: info.get(key) for key in ("seed", "steps", "final_loss")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nheld-out Countdown, {summary['problems']} problems (step 0 -> step {summary['steps']}):")
     print(before_after_table(summary))
@@ -79,6 +89,16 @@ def main(argv: list[str]) -> int:
     print(f"\n{minutes:.1f} minutes; summary: {run_dir / 'summary.json'}; report: {run_dir / 'report.md'}; "
           f"curves: tensorboard --logdir {args.run_dir}")
     return 0
+
+
+def base_command(seed: int | None, minutes: float | None) -> list[str]:
+    """build_base.py's command line: its own defaults unless --base-seed or --base-minutes were given."""
+    command = [sys.executable, "launch/build_base.py", "--out", ".cache/base"]
+    if seed is not None:
+        command += ["--seed", str(seed)]
+    if minutes is not None:
+        command += ["--minutes", str(minutes)]
+    return command
 
 
 def summarize(evals: dict[str, dict[str, float]], minutes: float) -> dict:

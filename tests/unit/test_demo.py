@@ -29,6 +29,12 @@ def test_summary_takes_the_first_and_last_evaluation_by_step_number():
     assert "35.0" in table and "maj@4" not in table  # metrics not in eval.json are left out
 
 
+def test_base_settings_reach_build_base_only_when_given():
+    assert demo.base_command(None, None)[1:] == ["launch/build_base.py", "--out", ".cache/base"]
+    assert demo.base_command(1, 13.0)[-4:] == ["--seed", "1", "--minutes", "13.0"]
+    assert demo.base_command(0, None)[-2:] == ["--seed", "0"]  # seed 0 is a setting, not "none given"
+
+
 def test_summary_needs_an_evaluation_before_and_after():
     with pytest.raises(SystemExit, match="at the start and at the end"):
         demo.summarize({"step 180": metrics(0.3, 0.2)}, minutes=1.0)
