@@ -11,7 +11,8 @@ NAME=FILE or FILE (named by its stem); one --template renders them all (Countdow
 whole prompt: evaluate them with --template raw). Trailing section.key=value arguments set any other
 config key, e.g. rollout.kv_cache_mb=512 or data.max_prompt_length=1024. Prints the results table and
 writes OUT/eval.json, OUT/samples.jsonl (a few greedy completions) and TensorBoard scalars in
-OUT/tensorboard; with eval.save_completions=true also OUT/completions.jsonl (every completion and its verdict). Runs as plain python (one process) or under torchrun (prompts split over ranks).
+OUT/tensorboard; with eval.save_completions=true also OUT/completions.jsonl (every completion and its
+verdict). Runs as plain python (one process) or under torchrun (prompts split over ranks).
 Mistakes in the input print one line and exit with code 2.
 """
 from __future__ import annotations
@@ -95,11 +96,11 @@ def write_outputs(out: Path, metrics: dict[str, float], samples: list[dict], met
     from grpo.metrics import jsonable
 
     write_eval_json(out / "eval.json", metrics, meta)
-    for name, rows in (("samples.jsonl", samples), ("completions.jsonl", completions)):
-        if rows or name == "samples.jsonl":
-            with open(out / name, "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row, default=jsonable) + "\n")
+    files = {"samples.jsonl": samples, **({"completions.jsonl": completions} if completions else {})}
+    for name, rows in files.items():
+        with open(out / name, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=jsonable) + "\n")
     writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     for key, value in metrics.items():
         writer.add_scalar(key, value, step)
@@ -139,7 +140,8 @@ def main(argv: list[str]) -> int:
                     "world_size": dist.world_size, "files": dict(parse_benchmark_spec(s) for s in cfg.eval.files)}
             write_outputs(out, metrics, evaluator.samples, meta, args.step, evaluator.completions)
             print(format_table(metrics), flush=True)
-            print(f"wrote {out / 'eval.json'}, {out / 'samples.jsonl'} and {out / 'tensorboard'}", flush=True)
+            written = ["eval.json", "samples.jsonl", *(["completions.jsonl"] if evaluator.completions else []), "tensorboard"]
+            print(f"wrote {', '.join(str(out / name) for name in written)}", flush=True)
     except UserError as e:
         if rank0:
             print(f"error: {e}", file=sys.stderr, flush=True)
