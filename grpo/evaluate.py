@@ -282,13 +282,12 @@ class Evaluator:
             group_ok = sampled_ok[p * self.k:(p + 1) * self.k]
             answers = [answer_key(kind, c.text) for c in sampled[p]]
             counts.add(greedy_ok[p], len(greedy[p][0].token_ids), group_ok, answers)
-        if self.save_completions:
-            for r, g, group, ok, group_ok in zip(mine, greedy, sampled, greedy_ok,
-                                                 [sampled_ok[p * self.k:(p + 1) * self.k] for p in range(len(mine))]):
-                base = {"benchmark": name, "index": r.index, "ground_truth": r.ground_truth}
-                self.completions.append({**base, "sample": "greedy", "response": g[0].text, "correct": bool(ok)})
-                self.completions += [{**base, "sample": j, "response": c.text, "correct": bool(c_ok)}
-                                     for j, (c, c_ok) in enumerate(zip(group, group_ok))]
+            if self.save_completions:
+                base = {"benchmark": name, "index": record.index, "ground_truth": record.ground_truth}
+                self.completions.append({**base, "sample": "greedy", "response": greedy[p][0].text,
+                                         "correct": bool(greedy_ok[p])})
+                self.completions += [{**base, "sample": j, "response": c.text, "correct": bool(ok)}
+                                     for j, (c, ok) in enumerate(zip(sampled[p], group_ok))]
         self.samples += [{"benchmark": name, "index": r.index, "prompt": r.prompt_text, "response": g[0].text,
                           "correct": bool(ok), "ground_truth": r.ground_truth}
                          for r, g, ok in list(zip(mine, greedy, greedy_ok))[:self.num_samples]]

@@ -143,20 +143,19 @@ class MetricsWriter:
     def log_eval_samples(self, step: int, samples: list[dict]) -> None:
         """A few greedy evaluation completions (rank 0's) to LOG_DIR/eval_samples.jsonl: the same held-out
         prompts at every evaluation, so the report can show one before and after training."""
-        if not self.enabled or not samples:
-            return
-        with open(self.run_dir / "eval_samples.jsonl", "a") as f:
-            for sample in samples:
-                f.write(json.dumps({"step": step, **sample}, default=jsonable) + "\n")
+        self._append_with_step("eval_samples.jsonl", step, samples)
 
     def log_eval_completions(self, step: int, completions: list[dict]) -> None:
         """Every evaluated completion (eval.save_completions) to LOG_DIR/eval_completions.jsonl, one line each
         with the step, benchmark, prompt index, sample ("greedy" or 0..k-1), response and verdict."""
-        if not self.enabled or not completions:
+        self._append_with_step("eval_completions.jsonl", step, completions)
+
+    def _append_with_step(self, name: str, step: int, rows: list[dict]) -> None:
+        if not self.enabled or not rows:
             return
-        with open(self.run_dir / "eval_completions.jsonl", "a") as f:
-            for completion in completions:
-                f.write(json.dumps({"step": step, **completion}, default=jsonable) + "\n")
+        with open(self.run_dir / name, "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}, default=jsonable) + "\n")
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled or not samples:
