@@ -6,16 +6,17 @@ R1-Zero starts RL from a base model that already writes the answer format and so
 task. This builds one from nothing: a tokenizer and a Qwen2 of 0.8M parameters (build_tiny's
 functions) pretrained with AdamW on worked Countdown attempts (grpo.data.countdown.worked_completion):
 3 numbers in 1..9, a restatement of the task, two-step tries until one reaches the target or the
-writer gives up, then the answer. Like many real base models, the writers mostly answer with the
-number they reached; only 30% of the texts answer with the expression, which is what the Countdown
-reward checks. The writers rarely go on after a miss (a miss is followed by "wait" and another try in
-13% of the texts), but going on pays: half of all tries are near misses, a right first step with the
-wrong second one, which the next try redoes ("7*3=21,21+2=23" then "wait 7*3=21,21-2=19"), so the
-texts that go on are right 86% of the time against 31% (of the expression answers). The writers also
-slip now and then (1 in 10 wrong tries written as reaching the target) and sometimes re-check a try
-that reached the target ("verify 7*3=21,21-2=19 ok", or "... wait" and another try): 8.5% of the
-texts check, right 90% of the time. So the model does the search but rarely writes an answer the reward
-accepts, stops early, and retrying and re-checking are there to be found: the room RL has to improve.
+writer gives up, then the last try's expression as the answer. Every second step goes toward the
+target (a directed try: "7+3=10,10+2=12", never "10-2=8", for 19), so a miss is a wrong first step,
+and which first step reaches the target shows only once a try is written: a try after a miss hits 3
+times in 10, like a first one, and the way to reach the target more often is to try more. A miss is
+written as one ("7+3=10,10+2=12 not 19"). The writers rarely go on after a miss (a miss is followed by
+"wait" and another try in 17% of the texts); the texts that stop after a miss are all wrong. The
+writers also slip now and then (1 in 10 wrong tries written as reaching the target) and sometimes
+re-check a try that reached the target ("verify 7*3=21,21-2=19 ok", or "... wait" and another try):
+4% of the texts check, right 86% of the time against 33%. So the model answers in the reward's form
+from the start, stops early, and searching on and re-checking are there to be found: the room RL
+has to improve.
 
 Writes OUT/model/ (tokenizer + Qwen2ForCausalLM, fp32 safetensors), OUT/countdown_train.parquet
 (2000 RL prompts, TinyZero's format, data_source countdown), OUT/countdown_test.parquet (256
@@ -25,11 +26,11 @@ OUT/model/config.json is reused unless --force or build.json records other setti
 version of this script, another seed or length). --minutes sets the length as a number of steps
 (STEPS_PER_MINUTE per minute), so the same flags build the same model on any machine.
 
-Measured here on two free cores: 1950 steps, 4.9 min (4.1 of them pretraining; about twice that with
-other jobs on the cores), final loss 0.194; on the 256 test tasks greedy decoding answers all but one
-with a number (format 100%, accuracy 0.4%), and sampling at temperature 1 gives 4.4% per sample and
-pass@8 25.8%. A model this small computes its tries unreliably (a third of its second steps are
-wrong), so its own retries and re-checks pay less than the corpus's: see README for what GRPO does.
+Measured here on two free cores: 1950 steps, 6.1 min (5.4 of them pretraining, with another job
+on the cores now and then), final loss 0.139; on the 256 test tasks greedy decoding is right 15.6%
+of the time (format 100%), and sampling at temperature 1 gives 18.8% per sample and pass@8 70.7%.
+A model this small computes its tries unreliably (about a third of its tries have a wrong step), so its
+own retries pay less than the corpus's: see README for what GRPO does.
 """
 from __future__ import annotations
 
@@ -64,10 +65,12 @@ TASK = {"num_numbers": (3,), "max_number": 9, "max_target": 99}
 # Worked attempts (worked_completion): every value in 0..99, and a second step that only adds or
 # subtracts (two-digit products and quotients were the steps a few minutes of training got wrong).
 # A task counts only if such an attempt solves it: about 3 in 4 tasks of TASK do.
-# Tries after a miss are rare (continue_rate 0.25) and start with "wait"; half of all tries are near misses
-# whose next try redoes the second step; 1 in 10 wrong tries is a slip that a re-check (1 in 5 claimed hits) catches.
-WORK = {"hit_rate": 0.3, "continue_rate": 0.25, "max_tries": 4, "max_value": 99, "step2_ops": "+-",
-        "expression_rate": 0.3, "slip_rate": 0.1, "check_rate": 0.2, "retry_word": "wait", "near_rate": 0.5}
+# Every second step goes toward the target (directed), so a miss is a wrong first step and the way on is
+# another try, which hits 3 times in 10 like the first; a miss is written as one ("... not 19"). Tries after
+# a miss are rare (continue_rate 0.25) and start with "wait"; 1 in 10 wrong tries is a slip that a re-check
+# (1 in 10 claimed hits) catches. Every answer is the last try's expression.
+WORK = {"hit_rate": 0.3, "continue_rate": 0.25, "max_tries": 6, "max_value": 99, "step2_ops": "+-",
+        "slip_rate": 0.1, "check_rate": 0.1, "retry_word": "wait", "directed": True, "miss_word": "not"}
 # hidden 128 with 4 heads of 32 (2 KV heads), 3 layers: 0.8M parameters.
 MODEL = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
          "head_dim": 32}

@@ -167,6 +167,7 @@ def worked_completion(
     nums: list[int], target: int, rng: random.Random, hit_rate: float = 0.3, continue_rate: float = 0.4,
     max_tries: int = 3, max_value: int = MAX_TARGET, step2_ops: str = _OPS, expression_rate: float = 1.0,
     slip_rate: float = 0.0, check_rate: float = 0.0, retry_word: str = "", near_rate: float = 0.0,
+    directed: bool = False, miss_word: str = "",
 ) -> tuple[str, bool] | None:
     """A worked attempt at a task as the text after the prompt's "<think>", and whether its answer is right.
 
@@ -197,12 +198,23 @@ def worked_completion(
     after which it tries again. An unchecked slip is answered, and wrong. So the texts that check are
     right more often, while most do not check: checking is the rare habit that pays.
 
+    A `directed` searcher takes every second step toward the target: of the tries that share a first
+    step and third number, it writes only the one whose value is closest to the target (the hit, when
+    one of them hits). Its misses are then all wrong first steps, which no redo of the last step can
+    fix; which first step leads to the target is not visible before its second step is written, so
+    the way to find it is another try.
+
+    With `miss_word` ("not") a try that misses says so against the target ("7+3=10,10+2=12 not 19"), so
+    whether to go on is decided after a miss that is written down, never after a hit.
+
     The restatement copies the prompt's " [7, 3, 2]" token for token, which a small model learns
     early (an induction copy); the tries then read the numbers from there, a line away, rather
     than from a hundred tokens back in the prompt. Tries are countdown_attempts(nums, max_value,
     step2_ops). None when no such try reaches the target.
     """
     attempts = countdown_attempts(nums, max_value, step2_ops)
+    if directed:
+        attempts = directed_attempts(attempts, target)
     hits = [a for a in attempts if a.value == target]
     misses = [a for a in attempts if a.value != target]
     if not hits:
@@ -227,7 +239,8 @@ def worked_completion(
                 fix = next(h for h in hits if h[:3] == attempt[:3] and h.z == attempt.z)
         slipped = not real_hit and slip_rate > 0 and rng.random() < slip_rate
         result = target if slipped else attempt.value
-        lines.append((f"{retry_word} " if after_miss and retry_word else "") + attempt.written(result))
+        lines.append((f"{retry_word} " if after_miss and retry_word else "") + attempt.written(result)
+                     + (f" {miss_word} {target}" if miss_word and result != target else ""))
         after_miss = False
         if result == target:  # a hit, real or believed
             if check_rate <= 0 or rng.random() >= check_rate:
@@ -244,6 +257,15 @@ def worked_completion(
     answer = attempt.expression if as_expression else str(result)
     text = f" {[int(n) for n in nums]} -> {target}{work}\n</think>\n<answer> {answer} </answer>"
     return text, as_expression and attempt.value == target
+
+
+def directed_attempts(attempts: list[Attempt], target: int) -> list[Attempt]:
+    """Of the tries that share a first step and third number, the one whose value is closest to `target`
+    (a tie goes to the smaller value, then to the first in sorted order), whatever order `attempts` come in."""
+    groups: dict[tuple, list[Attempt]] = {}
+    for a in attempts:
+        groups.setdefault((a.x, a.op1, a.y, a.z), []).append(a)
+    return sorted(min(group, key=lambda a: (abs(a.value - target), a.value, a)) for group in groups.values())
 
 
 def _near_misses(hit: Attempt, attempts: list[Attempt], target: int) -> list[Attempt]:

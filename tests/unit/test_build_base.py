@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from grpo.data import read_rows
-from grpo.data.countdown import countdown_attempts, make_countdown_rows, problem_key, worked_completion
-from grpo.rewards.countdown import verify_countdown
+from grpo.data.countdown import (
+    countdown_attempts, directed_attempts, make_countdown_rows, problem_key, worked_completion,
+)
+from grpo.rewards.countdown import first_try, verify_countdown
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("build_base", REPO / "launch" / "build_base.py")
@@ -77,7 +79,10 @@ def test_worked_attempts_are_well_formed_and_honest():
                 retries += 1
             else:
                 assert not tries or VERIFY_RE.fullmatch(lines[i - 1]), text  # only the first try has no "wait"
-            x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line).groups()
+            note = f" not {row['target']}"  # a try that misses, as written, says so
+            noted = line.endswith(note)
+            x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line.removesuffix(note)).groups()
+            assert noted == (int(v2) != row["target"]), line
             retry_hits += retry and int(v2) == row["target"]
             assert OPS[op1](int(x), int(y)) == int(v1) and 0 <= int(v1) <= 99, line  # step one is always true
             # step two is true, or a slip that claims the target
@@ -85,6 +90,9 @@ def test_worked_attempts_are_well_formed_and_honest():
             assert op2 in "+-", line
             z = int(b) if a == v1 else int(a)  # step two combines step one's value with the third number
             assert sorted([int(x), int(y), z]) == sorted(row["nums"]), line
+            # step two goes toward the target: no other second step from this first step comes closer
+            closest = min(abs(v - row["target"]) for v in (int(v1) + z, int(v1) - z, z - int(v1)) if 0 <= v <= 99)
+            assert int(v2) == row["target"] or abs(int(v2) - row["target"]) == closest, line
             tries.append((x, op1, y, v1, a, op2, b, v2))
         claimed = [int(t[7]) == row["target"] for t in tries]
         # It goes on after a miss or a caught slip, stops at a hit it believes (checked ok or not checked).
@@ -108,22 +116,65 @@ def test_worked_attempts_are_well_formed_and_honest():
     right_if_checked = right_by_checking[True][0] / right_by_checking[True][1]
     right_if_not = right_by_checking[False][0] / right_by_checking[False][1]
     # Per try: a real hit 0.3, a slip (a miss claimed as a hit) 0.7 x 0.1 = 0.07, so 0.37 of tries claim the
-    # target and 0.2 of those are checked: about 0.1 of the texts check. A check catches every slip, so a
+    # target and 0.1 of those are checked: about 0.04 of the texts check. A check catches every slip, so a
     # checked text ends at a real hit far more often: about 4 in 5, against 1 in 3 without a check (most
     # unchecked texts that answer wrong gave up after a miss).
-    assert total > 800 and 0.05 < checking < 0.16
+    assert total > 800 and 0.02 < checking < 0.07
     assert right_if_checked > 0.6 and right_if_not < 0.45 and right_if_checked - right_if_not > 0.25
-    # Going on after a miss pays: half of the first tries are near misses (near_rate 0.5), which the next try
-    # redoes into a hit, so a try after a miss hits about (0.5 + 0.2 x 0.3) / 0.7 = 80% of the time against 30%
-    # for a first try; the texts that go on are right about 4 times in 5, those that do not 1 in 3. Going on
-    # is rare: a miss is followed by another try with probability continue_rate (0.25): 0.7 x 0.25 = 0.18 of
-    # texts at most (fewer: a slip or a re-checked claim can come first).
+    # Going on after a miss pays, and only as much as a first try does: a try after a miss hits hit_rate = 30%
+    # of the time like any other, where a text that stops after a miss is always wrong. So the texts that go on
+    # are right about as often as the rest (a third of each; the rest hold the first-try hits), not more.
+    # Going on is rare: a miss is followed by another try with probability continue_rate (0.25): 0.7 x 0.25 =
+    # 0.18 of texts at most (fewer: a slip or a re-checked claim can come first).
     retried_share = (right_by_retrying[True][1]) / expressions
     right_if_retried = right_by_retrying[True][0] / right_by_retrying[True][1]
     right_if_stopped = right_by_retrying[False][0] / right_by_retrying[False][1]
-    assert 0.08 < retried_share < 0.25 and 0.7 < retry_hits / retries < 0.9
-    assert right_if_retried > 0.7 and right_if_stopped < 0.4
-    assert 0.22 < expressions / total < 0.38  # the answer is an expression with probability expression_rate (0.3)
+    assert 0.1 < retried_share < 0.22 and 0.22 < retry_hits / retries < 0.38
+    assert 0.25 < right_if_retried < 0.45 and 0.25 < right_if_stopped < 0.45
+    assert expressions == total  # every answer is the last try's expression (expression_rate 1, the default)
+
+
+def test_a_directed_try_takes_the_second_step_closest_to_the_target():
+    # [7, 3, 2] -> 19 with a + or - second step. First step 7*3=21 with 2 left: 21+2=23, 21-2=19, 2-21 is negative
+    # (left out), so the directed try is the hit 21-2=19. First step 7+3=10 with 2 left: 12 or 8, |12-19| = 7 is
+    # closer than |8-19| = 11, so 10+2=12 is written and 10-2=8 never is.
+    attempts = countdown_attempts([7, 3, 2], 99, "+-")
+    directed = directed_attempts(attempts, 19)
+    by_first = {(a.x, a.op1, a.y, a.z): a for a in directed}
+    assert len(by_first) == len(directed)  # one try per first step and third number
+    assert {(a.x, a.op1, a.y, a.z) for a in attempts} == set(by_first)  # and every first step keeps one
+    assert by_first[(7, "*", 3, 2)].value == 19 and by_first[(7, "+", 3, 2)].value == 12
+    for a in directed:  # none of the other tries with its first step comes closer
+        assert all(abs(a.value - 19) <= abs(b.value - 19) for b in attempts if b[:3] == a[:3] and b.z == a.z)
+    # the hits are kept whole: a hit is the closest try of its own first step
+    assert {a for a in attempts if a.value == 19} == {a for a in directed if a.value == 19}
+    # a tie (21 from 7*3 with 2 left, target 21: 23 and 19 are both 2 away) goes to the smaller value
+    assert directed_attempts(attempts, 21) and {a.value for a in directed_attempts(attempts, 21)
+                                               if a[:3] == (7, "*", 3) and a.z == 2} == {19}
+    assert directed_attempts(list(reversed(attempts)), 19) == directed  # the order it is given does not matter
+
+
+def test_a_directed_writer_misses_only_on_first_steps():
+    rng = random.Random(3)
+    work = dict(bb.WORK, directed=True, slip_rate=0.0, check_rate=0.0, continue_rate=1.0, miss_word="")
+    written = 0
+    for row in make_countdown_rows(300, seed=7, **bb.TASK):
+        worked = worked_completion(row["nums"], row["target"], rng, **work)
+        if worked is None:
+            continue
+        written += 1
+        target = row["target"]
+        lines = [line.removeprefix("wait ") for line in TEXT_RE.fullmatch(worked[0]).group(5).strip("\n").split("\n")]
+        firsts = []
+        for line in lines:
+            x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line).groups()
+            z = int(b) if a == v1 else int(a)
+            others = [OPS[op](int(v1), z) for op in "+-"] + [z - int(v1)]
+            # the written value is the closest to the target of the values step two could reach from step one
+            assert abs(int(v2) - target) == min(abs(v - target) for v in others if 0 <= v <= 99), line
+            firsts.append((x, op1, y, z))
+        assert len(set(firsts)) == len(firsts), worked[0]  # no first step is tried twice
+    assert written > 200
 
 
 def test_without_slips_or_checks_every_step_is_true_and_nothing_is_checked():
@@ -136,7 +187,7 @@ def test_without_slips_or_checks_every_step_is_true_and_nothing_is_checked():
         lines = TEXT_RE.fullmatch(worked[0]).group(5).strip("\n").split("\n")
         assert 1 <= len(lines) <= work["max_tries"] and "verify" not in worked[0]
         for line in lines:
-            x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line).groups()
+            x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line.removesuffix(f" not {row['target']}")).groups()
             assert OPS[op1](int(x), int(y)) == int(v1) and OPS[op2](int(a), int(b)) == int(v2), line
 
 
