@@ -92,7 +92,9 @@ def plot_signature(rows: list[dict], evals: dict[str, dict[str, float]], out_dir
 
 
 def before_after(run_dir: Path) -> tuple[dict, dict] | None:
-    """The greedy completions of one held-out prompt at the first and the last evaluation (eval_samples.jsonl)."""
+    """The greedy completions of one held-out prompt at the first and the last evaluation (eval_samples.jsonl):
+    the first prompt that training turned from wrong to right, else the first whose verdict changed, else the
+    first prompt."""
     path = run_dir / "eval_samples.jsonl"
     if not path.exists():
         return None
@@ -107,8 +109,9 @@ def before_after(run_dir: Path) -> tuple[dict, dict] | None:
     shared = [key for key in before if key in after]
     if not shared:
         return None
-    # a prompt the training changed the verdict of, when there is one
-    key = next((k for k in shared if before[k]["correct"] != after[k]["correct"]), shared[0])
+    fixed = (k for k in shared if not before[k]["correct"] and after[k]["correct"])
+    changed = (k for k in shared if before[k]["correct"] != after[k]["correct"])
+    key = next(fixed, next(changed, shared[0]))
     return before[key], after[key]
 
 

@@ -66,6 +66,23 @@ def test_summary_holds_the_other_two_signs_and_an_example(tmp_path):
     assert out["example"]["before"]["response"] == "r0-1" and out["example"]["after"]["response"] == "r40-1"
 
 
+def test_the_example_is_a_prompt_training_fixed_before_one_it_broke(tmp_path):
+    import json
+
+    from grpo.report import before_after
+
+    # index 0 went right -> wrong, index 1 stayed wrong, index 2 went wrong -> right: index 2 is shown
+    verdicts = {0: (True, False), 1: (False, False), 2: (False, True)}
+    samples = [{"step": step, "benchmark": "b", "index": i, "response": f"r{step}-{i}", "correct": verdicts[i][step > 0]}
+               for step in (0, 40) for i in verdicts]
+    (tmp_path / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    assert [s["response"] for s in before_after(tmp_path)] == ["r0-2", "r40-2"]
+    del verdicts[2]  # without a fixed one, the one whose verdict changed
+    samples = [s for s in samples if s["index"] != 2]
+    (tmp_path / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    assert [s["response"] for s in before_after(tmp_path)] == ["r0-0", "r40-0"]
+
+
 def test_reflection_pays_pools_steps_by_how_many_responses_fell_on_each_side():
     # step 1: 10% reflect, right 100% of the time, the rest 20%; step 2: 30% reflect, right 50%, the rest 40%;
     # step 3: nobody reflects, the rest 40%. with: (0.1 * 1.0 + 0.3 * 0.5) / (0.1 + 0.3) = 0.625;
