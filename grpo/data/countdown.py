@@ -166,8 +166,8 @@ def countdown_attempts(nums: list[int], max_value: int = MAX_TARGET, step2_ops: 
 def worked_completion(
     nums: list[int], target: int, rng: random.Random, hit_rate: float = 0.3, continue_rate: float = 0.4,
     max_tries: int = 3, max_value: int = MAX_TARGET, step2_ops: str = _OPS, expression_rate: float = 1.0,
-    slip_rate: float = 0.0, check_rate: float = 0.0, retry_word: str = "", near_rate: float = 0.0,
-    directed: bool = False, miss_word: str = "",
+    slip_rate: float = 0.0, check_rate: float = 0.0, retry_word: str = "", directed: bool = False,
+    miss_word: str = "",
 ) -> tuple[str, bool] | None:
     """A worked attempt at a task as the text after the prompt's "<think>", and whether its answer is right.
 
@@ -186,10 +186,7 @@ def worked_completion(
         <answer> (7*3)-2 </answer>
 
     A miss the writer goes on from is a miss it saw: with `retry_word` ("wait") the next try starts
-    with it ("wait 7*3=21,21-2=19"). With probability `near_rate` a wrong try is a near miss: a right
-    first step whose second step takes the wrong operation or side ("7*3=21,21+2=23" for 19); the
-    try after a near miss redoes that last step and hits ("wait 7*3=21,21-2=19"). Redoing a step is
-    learnable and pays: the texts that go on after a miss are right more often than those that stop.
+    with it ("wait 7*3=21,21-2=19"). Going on pays: a text that stops after a miss is always wrong.
 
     A searcher in a hurry also slips: with probability `slip_rate` a wrong try's last step is written
     as reaching the target ("7+3=10,10*2=19"), a hit it believes in. With probability `check_rate` it
@@ -225,18 +222,10 @@ def worked_completion(
     lines: list[str] = []
     tries = 0
     after_miss = False  # the next try follows a miss the writer saw, and starts with retry_word
-    fix = None  # after a near miss: the hit that redoes its last step
     while True:
         tries += 1
-        if fix is not None:
-            attempt, real_hit, fix = fix, True, None
-        else:
-            draw = rng.random()
-            real_hit = draw < hit_rate or not misses
-            near = [] if real_hit or draw >= hit_rate + near_rate else _near_misses(rng.choice(hits), attempts, target)
-            attempt = rng.choice(hits) if real_hit else rng.choice(near) if near else misses.pop()
-            if near:
-                fix = next(h for h in hits if h[:3] == attempt[:3] and h.z == attempt.z)
+        real_hit = rng.random() < hit_rate or not misses
+        attempt = rng.choice(hits) if real_hit else misses.pop()
         slipped = not real_hit and slip_rate > 0 and rng.random() < slip_rate
         result = target if slipped else attempt.value
         lines.append((f"{retry_word} " if after_miss and retry_word else "") + attempt.written(result)
@@ -266,11 +255,6 @@ def directed_attempts(attempts: list[Attempt], target: int) -> list[Attempt]:
     for a in attempts:
         groups.setdefault((a.x, a.op1, a.y, a.z), []).append(a)
     return sorted(min(group, key=lambda a: (abs(a.value - target), a.value, a)) for group in groups.values())
-
-
-def _near_misses(hit: Attempt, attempts: list[Attempt], target: int) -> list[Attempt]:
-    """Tries with the hit's first step and third number whose last step misses (another operation or side)."""
-    return [a for a in attempts if a[:3] == hit[:3] and a.z == hit.z and a.value != target]
 
 
 def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:

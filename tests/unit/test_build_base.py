@@ -39,6 +39,11 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 VERIFY_RE = re.compile(r"verify (\d+)([-+*/])(\d+)=(\d+),(\d+)([-+*/])(\d+)=(\d+) (ok|wait)")
 
 
+def closest_miss(step1: int, z: int, target: int) -> int:
+    """How near to `target` a + or - second step from `step1` with `z` can come, its value kept in 0..99."""
+    return min(abs(v - target) for v in (step1 + z, step1 - z, z - step1) if 0 <= v <= 99)
+
+
 def test_worked_attempts_are_well_formed_and_honest():
     rows = make_countdown_rows(1200, seed=5, **bb.TASK)
     rng = random.Random(0)
@@ -91,8 +96,8 @@ def test_worked_attempts_are_well_formed_and_honest():
             z = int(b) if a == v1 else int(a)  # step two combines step one's value with the third number
             assert sorted([int(x), int(y), z]) == sorted(row["nums"]), line
             # step two goes toward the target: no other second step from this first step comes closer
-            closest = min(abs(v - row["target"]) for v in (int(v1) + z, int(v1) - z, z - int(v1)) if 0 <= v <= 99)
-            assert int(v2) == row["target"] or abs(int(v2) - row["target"]) == closest, line
+            distance = abs(int(v2) - row["target"])
+            assert distance == 0 or distance == closest_miss(int(v1), z, row["target"]), line
             tries.append((x, op1, y, v1, a, op2, b, v2))
         claimed = [int(t[7]) == row["target"] for t in tries]
         # It goes on after a miss or a caught slip, stops at a hit it believes (checked ok or not checked).
@@ -169,9 +174,8 @@ def test_a_directed_writer_misses_only_on_first_steps():
         for line in lines:
             x, op1, y, v1, a, op2, b, v2 = TRY_RE.fullmatch(line).groups()
             z = int(b) if a == v1 else int(a)
-            others = [OPS[op](int(v1), z) for op in "+-"] + [z - int(v1)]
             # the written value is the closest to the target of the values step two could reach from step one
-            assert abs(int(v2) - target) == min(abs(v - target) for v in others if 0 <= v <= 99), line
+            assert abs(int(v2) - target) == closest_miss(int(v1), z, target), line
             firsts.append((x, op1, y, z))
         assert len(set(firsts)) == len(firsts), worked[0]  # no first step is tried twice
     assert written > 200
